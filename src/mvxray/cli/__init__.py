@@ -1,0 +1,65 @@
+"""The ``mvxray`` command line. Each sub-command lives in its own module under ``mvxray.cli``
+and exposes ``register(subparsers)``; heavy imports happen inside the command, so ``--help``
+stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+#: Sub-command modules, in the order ``mvxray --help`` lists them.
+COMMANDS = (
+    "info",
+    "demo",
+    "render",
+    "train2d",
+    "detect",
+    "train3d",
+    "lift",
+    "register",
+    "bench",
+)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line (no traceback unless ``--debug``)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="mvxray",
+        description="Find and localize small 3D indications from several calibrated X-ray views.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        modname = f"mvxray.cli.{name}"
+        if importlib.util.find_spec(modname) is None:
+            continue
+        importlib.import_module(modname).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mvxray`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("mvxray: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"mvxray {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

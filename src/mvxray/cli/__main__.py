@@ -1,0 +1,5 @@
+import sys
+
+from mvxray.cli import main
+
+sys.exit(main())

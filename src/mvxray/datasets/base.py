@@ -1,0 +1,62 @@
+"""The typed multi-view sample every other package consumes.
+
+This is the interface between ``datasets`` and its siblings (detectors2d, lifting, heads,
+benchmarks): they import :class:`MultiViewSample` from here and nothing else of datasets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mvxray.geometry import Rig
+from mvxray.geometry._checks import ShapeError
+
+
+@dataclass
+class MultiViewSample:
+    """One case: V calibrated X-ray views of one object, with its ground truth.
+
+    Attributes:
+        images: ``(V, C, H, W)`` float32 line integrals / intensities (C = 1 for X-ray).
+        rig: the calibrated rig (V views of H × W px).
+        boxes3d: ``(M, 6)`` ground-truth 3D boxes, CT mm (xmin, ymin, zmin, xmax, ymax, zmax).
+        boxes2d: ``(V, M, 4)`` ground-truth 2D boxes per view, px (x1, y1, x2, y2), same order
+            as ``boxes3d``.
+        visible2d: ``(V, M)`` bool — the indication is visible in that view.
+        labels: ``(M,)`` int64 class labels (0 = nodule / pore; see the dataset's ``classes``).
+        case_id: identifier of the case.
+        meta: provenance (source CT, phantom, seed, rig preset, ...).
+    """
+
+    images: torch.Tensor
+    rig: Rig
+    boxes3d: torch.Tensor
+    boxes2d: torch.Tensor
+    visible2d: torch.Tensor
+    labels: torch.Tensor
+    case_id: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        V, H, W = self.rig.num_views, self.rig.height, self.rig.width
+        if self.images.dim() != 4 or tuple(self.images.shape[::2]) != (V, H) or self.images.shape[3] != W:
+            raise ShapeError(
+                f"images: expected shape ({V}, C, {H}, {W}) for this rig, found {tuple(self.images.shape)}"
+            )
+        M = self.boxes3d.shape[0] if self.boxes3d.dim() == 2 else -1
+        if self.boxes3d.dim() != 2 or self.boxes3d.shape[1] != 6:
+            raise ShapeError(f"boxes3d: expected shape (M, 6), found {tuple(self.boxes3d.shape)}")
+        if tuple(self.boxes2d.shape) != (V, M, 4):
+            raise ShapeError(f"boxes2d: expected shape ({V}, {M}, 4), found {tuple(self.boxes2d.shape)}")
+        if tuple(self.visible2d.shape) != (V, M):
+            raise ShapeError(f"visible2d: expected shape ({V}, {M}), found {tuple(self.visible2d.shape)}")
+        if tuple(self.labels.shape) != (M,):
+            raise ShapeError(f"labels: expected shape ({M},), found {tuple(self.labels.shape)}")
+
+    @property
+    def num_views(self) -> int:
+        """Number of views V."""
+        return self.rig.num_views
