@@ -16,6 +16,42 @@ from mvxray.geometry._checks import ShapeError
 
 
 @dataclass
+class Volume:
+    """A CT volume placed in the CT frame.
+
+    Attributes:
+        data: ``(I, J, K)`` float32 Hounsfield units (HU); voxel ``(i, j, k)`` = ``data[i, j, k]``.
+        T_ct_from_voxel: ``(4, 4)`` float64 affine voxel index → CT mm (see
+            :func:`mvxray.geometry.T_ct_from_voxel`; the CT origin is the volume centre).
+        labels: optional ``(I, J, K)`` int64 label map (0 = background; indication ``m`` is
+            label ``m + 1`` in the order of the case's ``boxes3d``).
+        meta: provenance (source file, series UID, phantom name and seed, ...).
+    """
+
+    data: torch.Tensor
+    T_ct_from_voxel: torch.Tensor
+    labels: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data.dim() != 3:
+            raise ShapeError(f"data: expected shape (I, J, K), found {tuple(self.data.shape)}")
+        if self.labels is not None and self.labels.shape != self.data.shape:
+            raise ShapeError(
+                f"labels: expected shape {tuple(self.data.shape)} (as data), found {tuple(self.labels.shape)}"
+            )
+        if tuple(self.T_ct_from_voxel.shape) != (4, 4):
+            raise ShapeError(
+                f"T_ct_from_voxel: expected shape (4, 4), found {tuple(self.T_ct_from_voxel.shape)}"
+            )
+
+    @property
+    def spacing_mm(self) -> torch.Tensor:
+        """``(3,)`` voxel spacing along the array axes, mm."""
+        return self.T_ct_from_voxel[:3, :3].norm(dim=0)
+
+
+@dataclass
 class MultiViewSample:
     """One case: V calibrated X-ray views of one object, with its ground truth.
 
@@ -42,7 +78,11 @@ class MultiViewSample:
 
     def __post_init__(self) -> None:
         V, H, W = self.rig.num_views, self.rig.height, self.rig.width
-        if self.images.dim() != 4 or tuple(self.images.shape[::2]) != (V, H) or self.images.shape[3] != W:
+        if (
+            self.images.dim() != 4
+            or tuple(self.images.shape[::2]) != (V, H)
+            or self.images.shape[3] != W
+        ):
             raise ShapeError(
                 f"images: expected shape ({V}, C, {H}, {W}) for this rig, found {tuple(self.images.shape)}"
             )
@@ -50,9 +90,13 @@ class MultiViewSample:
         if self.boxes3d.dim() != 2 or self.boxes3d.shape[1] != 6:
             raise ShapeError(f"boxes3d: expected shape (M, 6), found {tuple(self.boxes3d.shape)}")
         if tuple(self.boxes2d.shape) != (V, M, 4):
-            raise ShapeError(f"boxes2d: expected shape ({V}, {M}, 4), found {tuple(self.boxes2d.shape)}")
+            raise ShapeError(
+                f"boxes2d: expected shape ({V}, {M}, 4), found {tuple(self.boxes2d.shape)}"
+            )
         if tuple(self.visible2d.shape) != (V, M):
-            raise ShapeError(f"visible2d: expected shape ({V}, {M}), found {tuple(self.visible2d.shape)}")
+            raise ShapeError(
+                f"visible2d: expected shape ({V}, {M}), found {tuple(self.visible2d.shape)}"
+            )
         if tuple(self.labels.shape) != (M,):
             raise ShapeError(f"labels: expected shape ({M},), found {tuple(self.labels.shape)}")
 

@@ -115,7 +115,9 @@ def project_boxes3d(
     boxes2d = torch.cat([uv.amin(-2), uv.amax(-2)], dim=-1)
     in_front = (z > 1e-6).all(-1)
     if height is not None and width is not None:
-        limits = torch.tensor([width, height, width, height], dtype=boxes2d.dtype, device=boxes2d.device)
+        limits = torch.tensor(
+            [width, height, width, height], dtype=boxes2d.dtype, device=boxes2d.device
+        )
         boxes2d = torch.minimum(boxes2d.clamp(min=0), limits)
     area_ok = (boxes2d[..., 2] > boxes2d[..., 0]) & (boxes2d[..., 3] > boxes2d[..., 1])
     return boxes2d, in_front & area_ok

@@ -176,7 +176,9 @@ def unproject_points(
     check_shape(uv, "uv", (None, 2))
     check_finite(depth, "depth")
     ones = torch.ones_like(uv[..., :1])
-    x_cam = (torch.cat([uv, ones], -1) @ torch.linalg.inv(K).transpose(-1, -2)) * depth.unsqueeze(-1)
+    x_cam = (torch.cat([uv, ones], -1) @ torch.linalg.inv(K).transpose(-1, -2)) * depth.unsqueeze(
+        -1
+    )
     R = T_cam_from_ct[..., :3, :3]
     t = T_cam_from_ct[..., :3, 3]
     return (x_cam - t.unsqueeze(-2)) @ R

@@ -32,9 +32,7 @@ SEED_SID_MM = 300.0
 SEED_DETECTOR_MM = 800.0  # 1024 px x 0.78125 mm
 
 
-def look_at(
-    source_ct: torch.Tensor, target_ct: torch.Tensor, up_ct: torch.Tensor
-) -> torch.Tensor:
+def look_at(source_ct: torch.Tensor, target_ct: torch.Tensor, up_ct: torch.Tensor) -> torch.Tensor:
     """Extrinsics of a camera at ``source_ct`` looking at ``target_ct`` with image-up ``up_ct``.
 
     Camera z points from the source to the target, camera y (image down) is ``-up`` made
@@ -78,9 +76,11 @@ def look_at(
 def _rotate(v: torch.Tensor, axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rodrigues rotation of ``v (3,)`` about unit ``axis (3,)`` by ``angle (A,)`` rad → ``(A, 3)``."""
     c, s = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
-    return v * c + torch.linalg.cross(axis.expand(len(angle), 3), v.expand(len(angle), 3)) * s + (
-        axis * (axis @ v)
-    ) * (1 - c)
+    return (
+        v * c
+        + torch.linalg.cross(axis.expand(len(angle), 3), v.expand(len(angle), 3)) * s
+        + (axis * (axis @ v)) * (1 - c)
+    )
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,9 @@ class Rig:
                 f"pixel_mm: expected shape ({self.K.shape[0]},), found {tuple(self.pixel_mm.shape)}"
             )
         if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"Rig: height and width must be positive, found {self.height}x{self.width}")
+            raise ValueError(
+                f"Rig: height and width must be positive, found {self.height}x{self.width}"
+            )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -152,7 +154,9 @@ class Rig:
     def subset(self, views: Sequence[int]) -> Rig:
         """The rig restricted to the given view indices."""
         idx = torch.as_tensor(list(views), dtype=torch.long)
-        return Rig(self.K[idx], self.T_cam_from_ct[idx], self.height, self.width, self.pixel_mm[idx])
+        return Rig(
+            self.K[idx], self.T_cam_from_ct[idx], self.height, self.width, self.pixel_mm[idx]
+        )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -263,7 +267,9 @@ class Rig:
         b = torch.deg2rad(torch.tensor([float(x) for x in cranial_deg], dtype=dtype))
         if a.shape != b.shape or a.numel() == 0:
             raise ValueError("carm: lao_deg and cranial_deg need the same non-zero length")
-        d = torch.stack([torch.sin(a) * torch.cos(b), -torch.cos(a) * torch.cos(b), torch.sin(b)], -1)
+        d = torch.stack(
+            [torch.sin(a) * torch.cos(b), -torch.cos(a) * torch.cos(b), torch.sin(b)], -1
+        )
         sources = -sid_mm * d
         # Image-up is the head, tilted with the cranial angle so it stays orthogonal to the axis.
         up = torch.stack(
@@ -271,7 +277,9 @@ class Rig:
         )
         T = look_at(sources, torch.zeros_like(sources), up)
         V = a.numel()
-        K = intrinsics_from_detector(torch.full((V,), sdd_mm, dtype=dtype), pixel_mm, height, width, dtype=dtype)
+        K = intrinsics_from_detector(
+            torch.full((V,), sdd_mm, dtype=dtype), pixel_mm, height, width, dtype=dtype
+        )
         return cls(K, T, height, width, torch.full((V,), float(pixel_mm), dtype=dtype))
 
     @classmethod
@@ -337,7 +345,9 @@ class Rig:
                 raise KeyError(f"view {i}: missing key(s) {sorted(missing)}")
         sizes = {(int(v["height"]), int(v["width"])) for v in views}
         if len(sizes) != 1:
-            raise ValueError(f"from_views: all views must share one image size, found {sorted(sizes)}")
+            raise ValueError(
+                f"from_views: all views must share one image size, found {sorted(sizes)}"
+            )
         (h, w) = sizes.pop()
         K = torch.tensor([v["K"] for v in views], dtype=dtype)
         T = torch.tensor([v["T_cam_from_ct"] for v in views], dtype=dtype)
