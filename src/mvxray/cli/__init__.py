@@ -47,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mvxray`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command; errors become one line on stderr unless ``--debug``."""
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
