@@ -1,0 +1,115 @@
+"""Multi-process training under ``torchrun``: DistributedDataParallel with gloo on CPU, NCCL on GPU.
+
+Every training loop (2D detectors, MV2D, RayEmb) calls :func:`init_from_env` once; without
+``torchrun`` (``WORLD_SIZE`` unset or 1) everything is a no-op and training runs in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job.
+
+    Attributes:
+        rank: global rank (0 writes checkpoints and logs).
+        world_size: number of processes.
+        local_rank: rank on this node (selects the GPU).
+        device: the device this process trains on.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when more than one process trains."""
+        return self.world_size > 1
+
+
+def init_from_env(device: str | torch.device | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment variables, if any.
+
+    Args:
+        device: force a device; default CUDA (``cuda:LOCAL_RANK``) when available, else CPU.
+
+    Returns:
+        This process's :class:`DistInfo`.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is not None:
+        dev = torch.device(device)
+    elif torch.cuda.is_available():
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank, world, local, dev)
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """Wrap in DistributedDataParallel when several processes train, else return it unchanged."""
+    if not info.enabled:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=True
+    )
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (what gets saved)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def make_sampler(
+    dataset: Dataset[Any], info: DistInfo, shuffle: bool, seed: int
+) -> DistributedSampler[Any] | None:
+    """A sampler that gives each process its own shard of the dataset (``None`` in one process)."""
+    if not info.enabled:
+        return None
+    return DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed
+    )
+
+
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    """Average a scalar over processes (for logging)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every process."""
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
