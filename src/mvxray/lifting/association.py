@@ -181,6 +181,9 @@ def gather_support(
 ) -> Hypotheses:
     """Find, in every view, the detection supporting each point (nearest centre within the gate)."""
     V, P = rig.num_views, points.shape[0]
+    if P == 0:
+        none = torch.zeros(0, V, dtype=torch.long)
+        return Hypotheses(points, size_mm, none, none.bool(), torch.zeros(0, dtype=torch.float64))
     K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
     uv, z = project_points(points, K, T)  # (V, P, 2), (V, P)
     in_image = (
