@@ -51,3 +51,37 @@ class Detector2D(Protocol):
     def save(self, path: str | Path) -> None:
         """Write the detector (config + weights) atomically to ``path``."""
         ...
+
+
+@runtime_checkable
+class FeatureDetector2D(Detector2D, Protocol):
+    """A detector that also exposes what a two-stage 3D head (MV2D) consumes.
+
+    ``features`` returns the multi-scale feature maps of ``(V, C, H, W)`` images as an ordered
+    dict of ``(V, F, H / s, W / s)`` tensors with their strides ``s`` (px);
+    ``roi_features`` pools ``(N, F, 7, 7)`` features for boxes ``(N, 5)`` = (view index, x1, y1,
+    x2, y2) px, on those maps.
+    """
+
+    def features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """Feature maps and their strides (px)."""
+        ...
+
+    def roi_features(
+        self, features: dict[str, torch.Tensor], rois: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """``(N, F, 7, 7)`` RoI features for ``(N, 5)`` boxes (view, x1, y1, x2, y2) px."""
+        ...
+
+
+def predict_sample(detector: Detector2D, sample: Any) -> list[Detections2D]:
+    """Detect in all views of one :class:`~mvxray.datasets.base.MultiViewSample`.
+
+    Detectors that need more than the images (the ``oracle`` reads the ground truth) define
+    ``predict_sample(sample)``; every other detector sees ``sample.images``. Use this in
+    benchmarks and lifters so any detector can be swapped in.
+    """
+    own = getattr(detector, "predict_sample", None)
+    if callable(own):
+        return own(sample)
+    return detector.predict(sample.images)

@@ -1,0 +1,159 @@
+"""Per-image intensity normalization shared by every 2D detector.
+
+A user's X-rays will not be our renders: line integrals, log-transmission, 12-bit counts or
+8-bit PNGs, bright or dark indications on any offset. Every detector therefore sees its input
+through :func:`robust_normalize` (per image: the 0.5th / 99.5th percentiles map to 0 / 1) and,
+for the learned ones, through :func:`xray_channels`, which adds two background-subtracted
+channels that make small, faint blobs stand out from the smooth anatomy.
+
+Filter widths are fractions of the image height, so a rig with the same field of view at a
+higher resolution gets the same filters in millimetres.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from kornia.filters import gaussian_blur2d
+
+from mvxray.geometry._checks import ShapeError
+
+#: Percentiles (in [0, 1]) mapped to 0 and 1 by :func:`robust_normalize`.
+LOW_Q, HIGH_Q = 0.005, 0.995
+#: Above this many pixels the percentiles are estimated on a strided subsample.
+_MAX_QUANTILE_NUMEL = 1 << 18
+
+
+def check_images(images: torch.Tensor, channels: int | None = 1, name: str = "images") -> None:
+    """Raise a clear error unless ``images`` is a floating ``(V, C, H, W)`` tensor.
+
+    Args:
+        images: the tensor to check.
+        channels: required C, or ``None`` for any.
+        name: argument name used in the message.
+
+    Raises:
+        ShapeError: wrong rank or channel count.
+        TypeError: not a floating-point tensor.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"{name}: expected a torch.Tensor (V, C, H, W), found {type(images).__name__}"
+        )
+    if images.dim() != 4:
+        raise ShapeError(f"{name}: expected shape (V, C, H, W), found {tuple(images.shape)}")
+    if channels is not None and images.shape[1] != channels:
+        raise ShapeError(
+            f"{name}: expected {channels} channel(s) (V, {channels}, H, W), found {tuple(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, found {images.dtype}")
+
+
+def _quantiles(flat: torch.Tensor, qs: tuple[float, float]) -> torch.Tensor:
+    """``(B, N)`` → ``(2, B)`` quantiles (subsampled for large N: torch.quantile has a size cap)."""
+    if flat.shape[1] > _MAX_QUANTILE_NUMEL:
+        step = math.ceil(flat.shape[1] / _MAX_QUANTILE_NUMEL)
+        flat = flat[:, ::step]
+    q = torch.tensor(qs, dtype=flat.dtype, device=flat.device)
+    return torch.quantile(flat, q, dim=1)
+
+
+def robust_normalize(images: torch.Tensor, clip: tuple[float, float] = (-0.5, 1.5)) -> torch.Tensor:
+    """Map each image's 0.5th / 99.5th intensity percentiles to 0 / 1 (float32).
+
+    Invariant to any positive affine change of intensities; a flat image becomes all zeros.
+
+    Args:
+        images: ``(V, C, H, W)`` any intensity scale.
+        clip: output range after normalization (outliers beyond the percentiles are clipped).
+
+    Returns:
+        ``(V, C, H, W)`` float32.
+
+    Example:
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> y = robust_normalize(1000 * x + 7)
+        >>> torch.allclose(y, robust_normalize(x)), float(y.min()) < 0.01 < 0.99 < float(y.max())
+        (True, True)
+        >>> float(robust_normalize(torch.full((1, 1, 8, 8), 3.0)).abs().max())
+        0.0
+    """
+    check_images(images, channels=None)
+    x = images.float()
+    V, C, H, W = x.shape
+    flat = x.reshape(V * C, H * W)
+    lo, hi = _quantiles(flat, (LOW_Q, HIGH_Q))
+    span = hi - lo
+    # A flat image has no contrast: scale by 1 so it maps to 0 instead of dividing by ~0.
+    tiny = 1e-6 * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-12)
+    span = torch.where(span > tiny, span, torch.ones_like(span))
+    y = (flat - lo[:, None]) / span[:, None]
+    return y.clamp(*clip).reshape(V, C, H, W)
+
+
+def _blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    k = 2 * math.ceil(3.0 * sigma_px) + 1
+    return gaussian_blur2d(x, (k, k), (sigma_px, sigma_px), border_type="reflect")
+
+
+def _robust_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per-image spread (1.4826 · median absolute deviation), ``(B,)`` for ``(B, 1, H, W)``."""
+    flat = x.flatten(1)
+    if flat.shape[1] > _MAX_QUANTILE_NUMEL:
+        flat = flat[:, :: math.ceil(flat.shape[1] / _MAX_QUANTILE_NUMEL)]
+    med = flat.median(dim=1).values
+    mad = (flat - med[:, None]).abs().median(dim=1).values
+    return (1.4826 * mad).clamp_min(1e-3)
+
+
+def background_subtract(images: torch.Tensor, sigma_frac: float = 1 / 32) -> torch.Tensor:
+    """Robust-normalized image minus its Gaussian-blurred background.
+
+    Args:
+        images: ``(V, 1, H, W)`` any intensity scale.
+        sigma_frac: background blur σ as a fraction of H (8 px at 256 px).
+
+    Returns:
+        ``(V, 1, H, W)`` float32 high-pass image, in units of the normalized intensity.
+    """
+    check_images(images, channels=1)
+    x = robust_normalize(images)
+    sigma = max(0.5, sigma_frac * images.shape[-2])
+    return x - _blur(x, sigma)
+
+
+def xray_channels(
+    images: torch.Tensor,
+    bg_sigma_frac: float = 1 / 32,
+    blob_sigmas_frac: tuple[float, float] = (1 / 256, 3 / 256),
+) -> torch.Tensor:
+    """Three detector input channels from one X-ray channel.
+
+    0. the robust-normalized image (≈ [0, 1]);
+    1. the background-subtracted image (σ = ``bg_sigma_frac`` · H), divided by its robust
+       spread and squashed with ``tanh(x / 4)`` into (−1, 1);
+    2. a difference of Gaussians at blob scale (``blob_sigmas_frac`` · H), scaled the same way.
+
+    Args:
+        images: ``(V, 1, H, W)`` any intensity scale.
+        bg_sigma_frac: background σ as a fraction of H.
+        blob_sigmas_frac: inner / outer DoG σ as fractions of H.
+
+    Returns:
+        ``(V, 3, H, W)`` float32.
+
+    Example:
+        >>> xray_channels(torch.rand(2, 1, 32, 32)).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    check_images(images, channels=1)
+    H = images.shape[-2]
+    x = robust_normalize(images)
+    hp = x - _blur(x, max(0.5, bg_sigma_frac * H))
+    s1, s2 = (max(0.5, f * H) for f in blob_sigmas_frac)
+    dog = _blur(x, s1) - _blur(x, s2)
+    hp = torch.tanh(hp / (4 * _robust_scale(hp)[:, None, None, None]))
+    dog = torch.tanh(dog / (4 * _robust_scale(dog)[:, None, None, None]))
+    return torch.cat([x, hp, dog], dim=1)
