@@ -6,6 +6,7 @@ benchmarks): they import :class:`MultiViewSample` from here and nothing else of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,3 +105,31 @@ class MultiViewSample:
     def num_views(self) -> int:
         """Number of views V."""
         return self.rig.num_views
+
+    def select_views(self, views: Sequence[int]) -> MultiViewSample:
+        """The same case seen by a subset of its views (images, rig and 2D ground truth).
+
+        Example:
+            >>> from mvxray.geometry import project_boxes3d
+            >>> rig = Rig.seed(size=32)
+            >>> b3 = torch.tensor([[-5.0, -5, -5, 5, 5, 5]], dtype=torch.float64)
+            >>> b2, vis = project_boxes3d(b3, rig.K, rig.T_cam_from_ct, 32, 32)
+            >>> s = MultiViewSample(torch.zeros(10, 1, 32, 32), rig, b3, b2, vis, torch.zeros(1, dtype=torch.long))
+            >>> s.select_views([0, 5]).images.shape
+            torch.Size([2, 1, 32, 32])
+        """
+        idx = torch.as_tensor(list(views), dtype=torch.long)
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.num_views:
+            raise ValueError(
+                f"views: expected indices in [0, {self.num_views}), found {list(views)}"
+            )
+        return MultiViewSample(
+            self.images[idx],
+            self.rig.subset(idx.tolist()),
+            self.boxes3d,
+            self.boxes2d[idx],
+            self.visible2d[idx],
+            self.labels,
+            self.case_id,
+            {**self.meta, "views": idx.tolist()},
+        )
