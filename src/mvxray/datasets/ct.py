@@ -20,6 +20,7 @@ NIfTI: the RAS+ affine is turned into LPS by negating its first two rows; array 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,6 +99,186 @@ def load_nifti(path: str | Path, labels: str | Path | None = None) -> Volume:
             "lps_centre_mm": (centre * np.array([-1.0, -1.0, 1.0])).tolist(),
         },
     )
+
+
+_REQUIRED = (
+    "SeriesInstanceUID",
+    "Modality",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "RescaleSlope",
+    "RescaleIntercept",
+)
+
+
+class DicomError(ValueError):
+    """A DICOM series that cannot be turned into a volume (the message names file and tag)."""
+
+
+def _read_series(folder: Path) -> list[tuple[Path, Any]]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    out = []
+    for f in files:
+        if f.name.upper() == "DICOMDIR":
+            continue
+        try:
+            ds = pydicom.dcmread(f)
+        except InvalidDicomError:
+            continue  # not a DICOM file (README, thumbnails, ...)
+        out.append((f, ds))
+    if not out:
+        raise DicomError(f"folder: no DICOM file in {folder}")
+    return out
+
+
+def load_dicom(
+    folder: str | Path, spacing_tolerance: float = 0.02, orientation_tolerance: float = 1e-4
+) -> Volume:
+    """Load one CT series from a folder of DICOM slices into HU in the CT frame.
+
+    See the module docstring for the exact axis convention: ``data[i, j, k]`` = column ``i``,
+    row ``j`` of the ``k``-th slice along the normal; direction columns = (row cosine,
+    column cosine, normal).
+
+    Args:
+        folder: directory holding the slices of exactly one series (non-DICOM files and
+            ``DICOMDIR`` are ignored).
+        spacing_tolerance: largest relative deviation of a slice step from the median step.
+        orientation_tolerance: largest difference of direction cosines between slices.
+
+    Returns:
+        :class:`Volume` float32 HU; ``meta`` has ``source``, ``series_uid``, ``files`` (sorted)
+        and ``lps_centre_mm`` (the DICOM patient position of the volume centre).
+
+    Raises:
+        DicomError: mixed series, non-CT modality, a missing tag or pixel data, inconsistent
+            orientation or size, duplicated / missing slices, non-uniform spacing, gantry tilt —
+            each message names the file(s) and the tag.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DicomError(f"folder: not a directory: {folder}")
+    series = _read_series(folder)
+    for f, ds in series:
+        for tag in _REQUIRED:
+            if tag not in ds or ds.get(tag) is None or ds.get(tag) == "":
+                raise DicomError(f"{f.name}: missing DICOM tag {tag}")
+    uids: dict[str, list[str]] = {}
+    for f, ds in series:
+        uids.setdefault(str(ds.SeriesInstanceUID), []).append(f.name)
+    if len(uids) > 1:
+        parts = "; ".join(
+            f"{u}: {', '.join(n[:3])}{' ...' if len(n) > 3 else ''}" for u, n in uids.items()
+        )
+        raise DicomError(f"{folder}: mixed SeriesInstanceUID ({len(uids)} series): {parts}")
+    for f, ds in series:
+        if str(ds.Modality).upper() != "CT":
+            raise DicomError(f"{f.name}: Modality is {ds.Modality!r}, expected 'CT'")
+    f0, ds0 = series[0]
+    iop0 = np.asarray(ds0.ImageOrientationPatient, dtype=np.float64)
+    r, c = iop0[:3], iop0[3:]
+    if abs(np.linalg.norm(r) - 1) > 1e-3 or abs(np.linalg.norm(c) - 1) > 1e-3 or abs(r @ c) > 1e-3:
+        raise DicomError(
+            f"{f0.name}: ImageOrientationPatient is not two orthonormal vectors: {iop0.tolist()}"
+        )
+    r, c = r / np.linalg.norm(r), c / np.linalg.norm(c)
+    n = np.cross(r, c)
+    rows, cols = int(ds0.Rows), int(ds0.Columns)
+    ps0 = np.asarray(ds0.PixelSpacing, dtype=np.float64)
+    positions = []
+    for f, ds in series:
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+        if np.abs(iop - iop0).max() > orientation_tolerance:
+            raise DicomError(
+                f"{f.name}: ImageOrientationPatient {iop.tolist()} differs from {f0.name}'s {iop0.tolist()}"
+            )
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise DicomError(
+                f"{f.name}: Rows/Columns {(int(ds.Rows), int(ds.Columns))} differ from {f0.name}'s {(rows, cols)}"
+            )
+        if np.abs(np.asarray(ds.PixelSpacing, dtype=np.float64) - ps0).max() > 1e-4:
+            raise DicomError(
+                f"{f.name}: PixelSpacing {list(ds.PixelSpacing)} differs from {f0.name}'s {ps0.tolist()}"
+            )
+        positions.append(np.asarray(ds.ImagePositionPatient, dtype=np.float64))
+    if len(series) < 2:
+        raise DicomError(
+            f"{f0.name}: a CT series needs at least 2 slices (ImagePositionPatient spacing), found 1"
+        )
+    pos = np.stack(positions)
+    d = pos @ n
+    order = np.argsort(d, kind="stable")
+    series = [series[i] for i in order]
+    pos, d = pos[order], d[order]
+    names = [f.name for f, _ in series]
+    steps = np.diff(d)
+    step = float(np.median(steps))
+    tol = max(spacing_tolerance * step, 1e-3)
+    for a, st in enumerate(steps):
+        if st < tol:
+            raise DicomError(
+                f"{names[a]}, {names[a + 1]}: duplicated slice (same ImagePositionPatient along the normal, {d[a]:.3f} mm)"
+            )
+    for a, st in enumerate(steps):
+        if abs(st - step) > tol:
+            k = st / step
+            what = (
+                f"missing slice(s) (gap {st:.3f} mm ≈ {k:.1f} × {step:.3f} mm)"
+                if abs(k - round(k)) * step <= tol and round(k) >= 2
+                else f"non-uniform slice spacing ({st:.3f} mm vs median {step:.3f} mm, tolerance {tol:.3f} mm)"
+            )
+            raise DicomError(f"{names[a]} → {names[a + 1]}: ImagePositionPatient {what}")
+    inplane = pos - np.outer(d, n)
+    if np.abs(inplane - inplane[0]).max() > max(tol, 0.01):
+        raise DicomError(
+            f"{names[-1]}: ImagePositionPatient is not along the slice normal of ImageOrientationPatient (gantry tilt or sheared series)"
+        )
+    slices = []
+    for f, ds in series:
+        if "PixelData" not in ds:
+            raise DicomError(f"{f.name}: missing pixel data (tag PixelData)")
+        try:
+            px = ds.pixel_array
+        except Exception as exc:  # pydicom raises several types for undecodable data
+            raise DicomError(f"{f.name}: cannot decode PixelData: {exc}") from exc
+        slices.append(px.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+    data = np.ascontiguousarray(np.stack(slices, axis=0).transpose(2, 1, 0))  # (cols, rows, slices)
+    spacing = [float(ps0[1]), float(ps0[0]), step]
+    D = np.stack([r, c, n], axis=1)
+    centre = pos[0] + D @ (np.array(spacing) * (np.array(data.shape) - 1) / 2)
+    return Volume(
+        data=torch.from_numpy(data),
+        T_ct_from_voxel=T_ct_from_voxel(data.shape, spacing, torch.from_numpy(D)),
+        meta={
+            "source": str(folder),
+            "format": "dicom",
+            "series_uid": str(ds0.SeriesInstanceUID),
+            "files": names,
+            "lps_centre_mm": centre.tolist(),
+        },
+    )
+
+
+def load_ct(path: str | Path) -> Volume:
+    """Load a CT: a folder → :func:`load_dicom`; ``.nii`` / ``.nii.gz`` → :func:`load_nifti`.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``. ValueError: unknown file type.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return load_dicom(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path: no CT at {path}")
+    if path.name.endswith((".nii", ".nii.gz")):
+        return load_nifti(path)
+    raise ValueError(f"path: expected a DICOM folder or a .nii/.nii.gz file, found {path}")
 
 
 def sample_voxels(
