@@ -153,8 +153,9 @@ def load_dicom(
         orientation_tolerance: largest difference of direction cosines between slices.
 
     Returns:
-        :class:`Volume` float32 HU; ``meta`` has ``source``, ``series_uid``, ``files`` (sorted)
-        and ``lps_centre_mm`` (the DICOM patient position of the volume centre).
+        :class:`Volume` float32 HU; ``meta`` has ``source``, ``series_uid``, ``files`` (sorted),
+        ``slice_positions_mm`` (ImagePositionPatient · normal per sorted slice) and
+        ``lps_centre_mm`` (the DICOM patient position of the volume centre).
 
     Raises:
         DicomError: mixed series, non-CT modality, a missing tag or pixel data, inconsistent
@@ -260,6 +261,7 @@ def load_dicom(
             "format": "dicom",
             "series_uid": str(ds0.SeriesInstanceUID),
             "files": names,
+            "slice_positions_mm": d.tolist(),
             "lps_centre_mm": centre.tolist(),
         },
     )
