@@ -17,7 +17,7 @@ def blob_sample(
     blobs: int = 2,
     seed: int = 0,
     contrast: float = 0.6,
-    radius_px: float = 3.0,
+    radius_px: float = 4.0,
     scale: float = 1.0,
     offset: float = 0.0,
 ) -> MultiViewSample:
@@ -52,3 +52,12 @@ def blob_sample(
 @pytest.fixture
 def blob_dataset() -> list[MultiViewSample]:
     return [blob_sample(seed=s) for s in range(2)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: the machine is shared, and tiny models gain nothing from more."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

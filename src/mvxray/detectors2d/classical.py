@@ -107,8 +107,18 @@ class LogBlobDetector:
             r = R[rows, cols]
             half = math.sqrt(2.0) * S[rows, cols]
             cx, cy = cols + 0.5, rows + 0.5  # pixel-centre rule
+            W = R.shape[1]
             boxes = torch.as_tensor(
-                np.stack([cx - half, cy - half, cx + half, cy + half], axis=1), dtype=torch.float32
+                np.stack(
+                    [
+                        np.clip(cx - half, 0, W),
+                        np.clip(cy - half, 0, H),
+                        np.clip(cx + half, 0, W),
+                        np.clip(cy + half, 0, H),
+                    ],
+                    axis=1,
+                ),
+                dtype=torch.float32,
             ).reshape(-1, 4)
             scores = torch.as_tensor(r / (r + c.r_half), dtype=torch.float32)
             keep = nms(boxes, scores, c.nms_iou)[: c.max_detections]
@@ -133,8 +143,8 @@ class LogBlobDetector:
         Raises:
             ValueError: the training set holds no visible box.
         """
-        values = []
-        for sample in train:
+        values, n = [], 0
+        for n, sample in enumerate(train, 1):
             resp, _ = self.response(sample.images)
             boxes, vis = sample.boxes2d, sample.visible2d
             H, W = resp.shape[1:]
@@ -143,6 +153,8 @@ class LogBlobDetector:
                     col = min(W - 1, max(0, int((b[0] + b[2]) / 2)))
                     row = min(H - 1, max(0, int((b[1] + b[3]) / 2)))
                     values.append(float(resp[v, row, col]))
+        if n == 0:
+            raise ValueError("training set is empty: no views to calibrate on")
         if not values:
             raise ValueError("log_blob.fit: the training set holds no visible 2D box")
         r_half = float(max(np.median(values), 1e-4))

@@ -32,7 +32,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from mvxray.detectors2d.base import Detections2D
 from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
-from mvxray.detectors2d.normalize import check_images, xray_channels
+from mvxray.detectors2d.normalize import check_images, has_contrast, xray_channels
 
 BACKBONES = ("resnet50_fpn", "resnet34_fpn", "resnet18_fpn", "mobilenet_v3")
 
@@ -262,6 +262,8 @@ class FasterRCNNDetector:
                     )
                 )
         self.model.train(was_training)
+        for v in torch.nonzero(~has_contrast(images)).flatten().tolist():
+            out[v] = Detections2D.empty(images.device)
         return out
 
     # ------------------------------------------------------------------ features for MV2D

@@ -93,6 +93,20 @@ def robust_normalize(images: torch.Tensor, clip: tuple[float, float] = (-0.5, 1.
     return y.clamp(*clip).reshape(V, C, H, W)
 
 
+def has_contrast(images: torch.Tensor) -> torch.Tensor:
+    """``(V,)`` bool: the view's 0.5th and 99.5th percentiles differ (a flat view carries no
+    information, so detectors return nothing for it instead of their untrained biases).
+
+    Example:
+        >>> has_contrast(torch.stack([torch.zeros(1, 8, 8), torch.rand(1, 8, 8)])).tolist()
+        [False, True]
+    """
+    check_images(images, channels=None)
+    flat = images.float().flatten(1)
+    lo, hi = _quantiles(flat, (LOW_Q, HIGH_Q))
+    return (hi - lo) > 1e-6 * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-12)
+
+
 def _blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     k = 2 * math.ceil(3.0 * sigma_px) + 1
     return gaussian_blur2d(x, (k, k), (sigma_px, sigma_px), border_type="reflect")

@@ -33,7 +33,7 @@ from torch import nn
 
 from mvxray.detectors2d.base import Detections2D
 from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
-from mvxray.detectors2d.normalize import check_images, robust_normalize, xray_channels
+from mvxray.detectors2d.normalize import check_images, has_contrast, robust_normalize, xray_channels
 from mvxray.paths import cache_dir
 
 
@@ -226,6 +226,8 @@ class YoloDetector:
                     )
                 )
         self.model.train(was_training)
+        for v in torch.nonzero(~has_contrast(images)).flatten().tolist():
+            out[v] = Detections2D.empty(images.device)
         return out
 
     def fit(

@@ -1,0 +1,147 @@
+"""Every detector in DETECTORS runs through the same checks (issue 6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from .conftest import blob_sample
+
+from mvxray import detectors2d
+from mvxray.detectors2d import DETECTORS, Detections2D, predict_sample
+from mvxray.geometry import ShapeError
+
+#: Tiny configurations so a test runs in seconds on one CPU core.
+TINY = {
+    "faster_rcnn": dict(
+        backbone="resnet18_fpn",
+        strides=(8, 16, 32),
+        box_batch_size_per_image=32,
+        representation_size=64,
+        rpn_pre_nms_top_n=(200, 100),
+        rpn_post_nms_top_n=(100, 50),
+    ),
+    "yolo": dict(model="yolov8n.yaml"),
+    "log_blob": {},
+    "oracle": {},
+}
+TRAINABLE = ("faster_rcnn", "yolo")
+
+
+def test_tiny_configs_cover_every_detector():
+    assert set(TINY) == set(DETECTORS)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_predict_shapes_dtypes_and_ranges(name):
+    sample = blob_sample(views=2, size=64)
+    dets = predict_sample(detectors2d.build(name, **TINY[name]), sample)
+    assert len(dets) == 2
+    for d in dets:
+        assert isinstance(d, Detections2D)
+        n = len(d)
+        assert d.boxes.shape == (n, 4) and d.boxes.dtype == torch.float32
+        assert d.scores.shape == (n,) and d.labels.shape == (n,)
+        assert d.labels.dtype == torch.long
+        if n:
+            assert float(d.scores.min()) >= 0.0 and float(d.scores.max()) <= 1.0
+            assert (d.boxes[:, 2:] >= d.boxes[:, :2]).all()
+            assert float(d.boxes.min()) >= 0.0 and float(d.boxes.max()) <= 64.0
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_flat_image_gives_no_confident_detections(name):
+    det = detectors2d.build(name, **TINY[name])
+    flat = torch.full((2, 1, 64, 64), 7.5)
+    if name == "oracle":  # the oracle returns what it is told: an empty case gives nothing
+        det.set_ground_truth(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool))
+    for d in det.predict(flat):
+        assert len(d) == 0 or float(d.scores.max()) < 0.1
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_save_load_round_trip_gives_identical_predictions(name, tmp_path):
+    sample = blob_sample(views=2, size=64, seed=3)
+    det = detectors2d.build(name, **TINY[name])
+    det.save(tmp_path / "det.pt")
+    again = detectors2d.load(tmp_path / "det.pt")
+    assert type(again) is type(det) and again.config == det.config
+    for a, b in zip(predict_sample(det, sample), predict_sample(again, sample)):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
+        assert torch.equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_tiny_fit_lowers_the_loss(name, blob_dataset, tmp_path):
+    det = detectors2d.build(name, **TINY[name])
+    out = det.fit(
+        blob_dataset,
+        max_iters=4,
+        batch_size=2,
+        lr=1e-3,
+        warmup_iters=0,
+        augment=False,
+        progress=False,
+        out=tmp_path,
+    )
+    assert out["iterations"] == 4
+    assert out["loss_final"] < out["loss_initial"]
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "last.pt").is_file()
+    assert detectors2d.load(tmp_path / "model.pt").config == det.config
+
+
+def test_log_blob_fit_calibrates_the_half_score_response(blob_dataset):
+    det = detectors2d.build("log_blob")
+    out = det.fit(blob_dataset)
+    assert out["boxes"] == 8.0 and det.config.r_half == pytest.approx(out["r_half"])
+    # after calibration the boxes' centres score about 0.5 (the median response)
+    resp, _ = det.response(blob_dataset[0].images)
+    b = blob_dataset[0].boxes2d[0, 0]
+    r = resp[0, int((b[1] + b[3]) / 2), int((b[0] + b[2]) / 2)]
+    assert 0.2 < r / (r + det.config.r_half) < 0.8
+
+
+def test_oracle_fit_is_a_no_op(blob_dataset):
+    assert detectors2d.build("oracle").fit(blob_dataset) == {}
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_bad_images_raise_clear_errors(name):
+    det = detectors2d.build(name, **TINY[name])
+    if name == "oracle":
+        det.set_ground_truth(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool))
+    with pytest.raises(ShapeError, match=r"images: expected shape \(V, C, H, W\)"):
+        det.predict(torch.zeros(1, 64, 64))
+    if name != "oracle":  # the oracle ignores pixels
+        with pytest.raises(ShapeError, match="expected 1 channel"):
+            det.predict(torch.zeros(2, 3, 64, 64))
+        with pytest.raises(TypeError, match="floating-point"):
+            det.predict(torch.zeros(2, 1, 64, 64, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_empty_training_set_raises(name):
+    det = detectors2d.build(name, **TINY[name])
+    if name == "oracle":
+        assert det.fit([]) == {}
+        return
+    with pytest.raises(ValueError, match="training set is empty"):
+        det.fit([], max_iters=1, progress=False) if name in TRAINABLE else det.fit([])
+
+
+def test_missing_or_foreign_checkpoint_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        detectors2d.load(tmp_path / "nope.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="expected an mvxray detector checkpoint"):
+        detectors2d.load(tmp_path / "foreign.pt")
+
+
+def test_build_rejects_unknown_names_and_options():
+    with pytest.raises(KeyError, match="unknown detector 'rcnn'"):
+        detectors2d.build("rcnn")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]"):
+        detectors2d.build("log_blob", colour="red")
+    with pytest.raises(ValueError, match="no .pt downloads"):
+        detectors2d.build("yolo", model="yolov8n.pt")
+    with pytest.raises(ValueError, match="backbone"):
+        detectors2d.build("faster_rcnn", backbone="vgg16")
