@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from .conftest import blob_sample
 
 from mvxray import detectors2d
 from mvxray.detectors2d import DETECTORS, Detections2D, predict_sample
 from mvxray.geometry import ShapeError
+
+from .conftest import blob_sample
 
 #: Tiny configurations so a test runs in seconds on one CPU core.
 TINY = {
@@ -141,7 +142,7 @@ def test_build_rejects_unknown_names_and_options():
         detectors2d.build("rcnn")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]"):
         detectors2d.build("log_blob", colour="red")
-    with pytest.raises(ValueError, match="no .pt downloads"):
+    with pytest.raises(ValueError, match=r"no \.pt downloads"):
         detectors2d.build("yolo", model="yolov8n.pt")
     with pytest.raises(ValueError, match="backbone"):
         detectors2d.build("faster_rcnn", backbone="vgg16")

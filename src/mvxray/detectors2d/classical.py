@@ -144,7 +144,7 @@ class LogBlobDetector:
             ValueError: the training set holds no visible box.
         """
         values, n = [], 0
-        for n, sample in enumerate(train, 1):
+        for n, sample in enumerate(train, 1):  # noqa: B007 (n counts the samples)
             resp, _ = self.response(sample.images)
             boxes, vis = sample.boxes2d, sample.visible2d
             H, W = resp.shape[1:]
