@@ -26,6 +26,12 @@ from mvxray.geometry.camera import (
     unproject_points,
     visible_mask,
 )
+from mvxray.geometry.epipolar import (
+    epipolar_distance,
+    epipolar_distance_matrix,
+    epipolar_lines,
+    fundamental_matrix,
+)
 from mvxray.geometry.frames import (
     T_ct_from_voxel,
     ct_to_voxel,
@@ -34,12 +40,36 @@ from mvxray.geometry.frames import (
     transform_points,
     voxel_to_ct,
 )
+from mvxray.geometry.frustum import (
+    depth_bin_edges,
+    depth_bins,
+    frustum_coords,
+    lift_pixels,
+    lift_rois,
+    normalize_to_roi,
+    roi_points,
+    sincos_encoding,
+)
+from mvxray.geometry.reprojection import (
+    frustum_boxes,
+    frustum_overlap,
+    project_point_sets,
+    reprojection_iou,
+    reprojection_iou_points,
+)
 from mvxray.geometry.rig import Rig, look_at
+from mvxray.geometry.triangulation import (
+    Triangulation,
+    closest_point_of_rays,
+    triangulate,
+    triangulate_robust,
+)
 
 __all__ = [
     "Rig",
     "ShapeError",
     "T_ct_from_voxel",
+    "Triangulation",
     "backproject_pixels",
     "box3d_center_size",
     "box3d_corners",
@@ -48,16 +78,36 @@ __all__ = [
     "box_iou_2d",
     "box_iou_3d",
     "check_shape",
+    "closest_point_of_rays",
     "ct_to_voxel",
+    "depth_bin_edges",
+    "depth_bins",
+    "epipolar_distance",
+    "epipolar_distance_matrix",
+    "epipolar_lines",
+    "frustum_boxes",
+    "frustum_coords",
+    "frustum_overlap",
+    "fundamental_matrix",
     "intrinsics_from_detector",
     "invert_rigid",
+    "lift_pixels",
+    "lift_rois",
     "look_at",
+    "normalize_to_roi",
     "points_depth",
     "project_boxes3d",
+    "project_point_sets",
     "project_points",
     "projection_matrix",
+    "reprojection_iou",
+    "reprojection_iou_points",
+    "roi_points",
+    "sincos_encoding",
     "source_position",
     "transform_points",
+    "triangulate",
+    "triangulate_robust",
     "unproject_points",
     "visible_mask",
     "voxel_to_ct",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mvxray.geometry._checks import check_finite, check_intrinsics, check_shape
+from mvxray.geometry._checks import ShapeError, check_finite, check_intrinsics, check_shape
 
 _EPS = 1e-9
 
@@ -85,7 +85,8 @@ def project_points(
     Returns:
         uv: ``(*, V, N, 2)`` pixel coordinates (u right, v down).
         depth: ``(*, V, N)`` z in the camera frame, mm (≤ 0 means behind the source; there the
-            uv values are meaningless — use :func:`visible_mask`).
+            uv values are meaningless — use :func:`visible_mask`). uv is always finite, also for
+            points on the source plane (z = 0), but its value there is unspecified.
 
     Example:
         >>> K = intrinsics_from_detector(1000.0, 1.0, 100, 100).unsqueeze(0)
@@ -96,12 +97,28 @@ def project_points(
     """
     check_shape(points_ct, "points_ct", (None, 3))
     P = projection_matrix(K, T_cam_from_ct)  # (*, V, 3, 4)
-    pts = points_ct.unsqueeze(-3)  # (*, 1, N, 3)
-    x = pts @ P[..., :3].transpose(-1, -2) + P[..., 3].unsqueeze(-2)  # (*, V, N, 3)
-    z = x[..., 2]
-    # Keep the division finite for points on the source plane; visibility flags them.
-    z_safe = torch.where(z.abs() < _EPS, torch.full_like(z, _EPS), z)
-    return x[..., :2] / z_safe.unsqueeze(-1), z
+    dtype = torch.promote_types(points_ct.dtype, P.dtype)
+    P, points_ct = P.to(dtype), points_ct.to(dtype)
+    batch = torch.broadcast_shapes(points_ct.shape[:-2], P.shape[:-3])
+    V, N = P.shape[-3], points_ct.shape[-2]
+    # One batched GEMM in the (V, 3, N) layout: the inner dimension is 3, so the product is
+    # memory bound and this layout (points as rows of length N) streams best.
+    Pb = P.expand(*batch, V, 3, 4).reshape(-1, 3, 4)
+    pts_t = points_ct.expand(*batch, N, 3).transpose(-1, -2).unsqueeze(-3)
+    pts_t = pts_t.expand(*batch, V, 3, N).reshape(-1, 3, N)
+    x = torch.baddbmm(Pb[..., 3:], Pb[..., :3], pts_t)  # (B*V, 3, N)
+    z = x[:, 2]
+    if torch.is_grad_enabled() and x.requires_grad:
+        # Keep the division finite and its gradient defined on the source plane (z = 0).
+        z_safe = torch.where(z.abs() < _EPS, torch.full_like(z, _EPS), z)
+        uv = torch.stack((x[:, 0] / z_safe, x[:, 1] / z_safe), dim=-1)
+    else:
+        # Inference path: divide straight into the (V, N, 2) layout, then make the rare
+        # source-plane points finite in place (no gradient needed, ~30 % faster).
+        uv = x.new_empty(x.shape[0], N, 2)
+        torch.div(x[:, :2], z.unsqueeze(1), out=uv.transpose(-1, -2))
+        uv.nan_to_num_(0.0)
+    return uv.reshape(*batch, V, N, 2), z.reshape(*batch, V, N)
 
 
 def visible_mask(
@@ -175,6 +192,15 @@ def unproject_points(
     """
     check_shape(uv, "uv", (None, 2))
     check_finite(depth, "depth")
+    check_intrinsics(K)
+    check_shape(T_cam_from_ct, "T_cam_from_ct", (4, 4))
+    try:
+        torch.broadcast_shapes(depth.shape, uv.shape[:-1])
+    except RuntimeError:
+        raise ShapeError(
+            f"depth: expected a shape broadcastable to {tuple(uv.shape[:-1])} (uv without its "
+            f"last dim), found {tuple(depth.shape)}"
+        ) from None
     ones = torch.ones_like(uv[..., :1])
     x_cam = (torch.cat([uv, ones], -1) @ torch.linalg.inv(K).transpose(-1, -2)) * depth.unsqueeze(
         -1

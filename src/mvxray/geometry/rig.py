@@ -51,7 +51,7 @@ def look_at(source_ct: torch.Tensor, target_ct: torch.Tensor, up_ct: torch.Tenso
 
     Example:
         >>> T = look_at(torch.tensor([0.0, -10.0, 0.0]), torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
-        >>> T[:3, :3].tolist()
+        >>> (T[:3, :3] + 0.0).tolist()  # + 0.0 turns -0.0 into 0.0
         [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
     """
     z = target_ct - source_ct
@@ -195,7 +195,7 @@ class Rig:
             dtype: tensor dtype.
 
         Example:
-            >>> Rig.circular(4, 300.0, 600.0, 64, 64, 2.0).source_ct[1].round().tolist()
+            >>> (Rig.circular(4, 300.0, 600.0, 64, 64, 2.0).source_ct[1].round() + 0.0).tolist()
             [300.0, 0.0, 0.0]
         """
         if num_views < 1:
@@ -260,7 +260,7 @@ class Rig:
         ``(sin a cos b, −cos a cos b, sin b)`` for LAO ``a`` and cranial ``b``.
 
         Example:
-            >>> Rig.carm([0.0], [0.0], 500.0, 1000.0, 32, 32, 1.0).source_ct[0].tolist()
+            >>> (Rig.carm([0.0], [0.0], 500.0, 1000.0, 32, 32, 1.0).source_ct[0] + 0.0).tolist()
             [0.0, 500.0, 0.0]
         """
         a = torch.deg2rad(torch.tensor([float(x) for x in lao_deg], dtype=dtype))
