@@ -32,7 +32,8 @@ class TrainConfig:
     Attributes:
         epochs: passes over all training views (ignored when ``max_iters`` is set).
         max_iters: total optimizer steps (overrides ``epochs``).
-        max_minutes: stop (and save) after this much wall time, whatever the schedule says.
+        max_minutes: wall-time budget: training stops (and saves) when it is spent, and the
+            cosine anneals over whichever of iterations and time runs out first.
         batch_size: views per step.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -106,23 +107,19 @@ def collect_views(dataset: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]
     return images, boxes
 
 
-def lr_lambda(cfg: TrainConfig, total: int):
-    """The learning-rate factor per iteration: linear warm-up, then cosine annealing.
+def lr_factor(cfg: TrainConfig, it: int, progress: float) -> float:
+    """The learning-rate factor: linear warm-up over ``warmup_iters`` iterations from
+    ``warmup_factor``, then cosine annealing over the schedule's ``progress`` ∈ [0, 1] after it.
 
     Example:
-        >>> f = lr_lambda(TrainConfig(warmup_iters=10, min_lr_factor=0.0), total=110)
-        >>> round(f(0), 3), f(10), round(f(60), 3), round(f(110), 3)
-        (0.333, 1.0, 0.5, 0.0)
+        >>> cfg = TrainConfig(warmup_iters=10, min_lr_factor=0.0)
+        >>> round(lr_factor(cfg, 0, 0.0), 3), lr_factor(cfg, 10, 0.0), round(lr_factor(cfg, 60, 0.5), 3)
+        (0.333, 1.0, 0.5)
     """
-
-    def factor(it: int) -> float:
-        if it < cfg.warmup_iters:
-            return cfg.warmup_factor + (1 - cfg.warmup_factor) * it / cfg.warmup_iters
-        span = max(1, total - cfg.warmup_iters)
-        t = min(1.0, (it - cfg.warmup_iters) / span)
-        return cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return factor
+    if it < cfg.warmup_iters:
+        return cfg.warmup_factor + (1 - cfg.warmup_factor) * it / cfg.warmup_iters
+    t = min(1.0, max(0.0, progress))
+    return cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def _batch(
@@ -177,7 +174,6 @@ def fit_detector(
     module = detector.module.to(device)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
 
     probe_idx = list(range(min(cfg.batch_size, n)))
     probe = _batch(
@@ -198,17 +194,20 @@ def fit_detector(
         torch.set_rng_state(state)
         return value
 
-    it, loss_initial = 0, None
+    it, loss_initial, elapsed0 = 0, None, 0.0
     out_dir = Path(out) if out is not None else None
     last = out_dir / "last.pt" if out_dir is not None else None
     if resume and last is not None and last.is_file():
         st = torch.load(last, map_location="cpu", weights_only=True)
         module.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
         g.set_state(st["sampler_rng"])
         torch.set_rng_state(st["torch_rng"])
-        it, loss_initial = int(st["iteration"]), st["loss_initial"]
+        it, loss_initial, elapsed0 = (
+            int(st["iteration"]),
+            st["loss_initial"],
+            float(st["elapsed_s"]),
+        )
     if loss_initial is None:
         loss_initial = probe_loss()
 
@@ -219,11 +218,11 @@ def fit_detector(
             {
                 "model": module.state_dict(),
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
                 "sampler_rng": g.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "iteration": it,
                 "loss_initial": loss_initial,
+                "elapsed_s": elapsed0 + time.monotonic() - t0,
                 "config": asdict(cfg),
             },
             last,
@@ -233,12 +232,22 @@ def fit_detector(
 
     bar = tqdm(total=total, initial=it, disable=not cfg.progress, desc=f"train {detector.name}")
     t0 = time.monotonic()
+    budget_s = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
     order: list[int] = []
     running = float("nan")
     module.train()
     while it < total:
-        if cfg.max_minutes is not None and time.monotonic() - t0 > 60 * cfg.max_minutes:
+        elapsed = elapsed0 + time.monotonic() - t0
+        if budget_s is not None and elapsed > budget_s:
             break
+        # Under a time budget the cosine follows whichever runs out first: iterations or time.
+        span = max(1, total - cfg.warmup_iters)
+        progress = (it - cfg.warmup_iters) / span
+        if budget_s is not None:
+            progress = max(progress, elapsed / budget_s)
+        lr = cfg.lr * lr_factor(cfg, it, progress)
+        for group in opt.param_groups:
+            group["lr"] = lr
         if len(order) < cfg.batch_size:
             order += torch.randperm(n, generator=g).tolist()
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
@@ -250,16 +259,15 @@ def fit_detector(
         loss.backward()
         nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        sched.step()
         it += 1
         value = float(loss.detach())
         running = value if math.isnan(running) else 0.9 * running + 0.1 * value
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+        bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.1e}")
         if it % cfg.checkpoint_every == 0:
             checkpoint()
     bar.close()
-    seconds = time.monotonic() - t0
+    seconds = elapsed0 + time.monotonic() - t0
     checkpoint()
     module.eval()
     loss_final = probe_loss()

@@ -1,0 +1,234 @@
+"""2D detection quality benchmark: ``python -m mvxray.benchmarks.detect2d``.
+
+On the embedded ``chest`` phantom (256 px, the seed's 10-view rig, nodules 6–20 mm), train each
+detector within a wall-time budget on the train cases, then report on held-out cases: 2D AP@0.5
+and recall at 0.5 / 1 / 2 / 4 false positives per image (FROC points), training and inference
+time. Prints a table and, last, one JSON line.
+
+``--data DIR`` runs on any dataset in mvxray's format instead (splits ``train`` / ``test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mvxray.benchmarks.metrics2d import FPPI_POINTS, DetectionEvaluator
+from mvxray.detectors2d.base import predict_sample
+
+#: Detector options used by the benchmark (and the shipped demo detector): CPU-sized models
+#: with stride-4 features and small anchors for 4–15 px indications.
+BENCH_DETECTORS: dict[str, dict[str, Any]] = {
+    "yolo": {"model": "yolov8n-p2.yaml"},
+    "faster_rcnn": {
+        "backbone": "resnet18_fpn",
+        "strides": (4, 8, 16, 32),
+        "anchor_scales": (1.0, 2.0, 4.0),
+        "box_batch_size_per_image": 128,
+        "representation_size": 256,
+    },
+    "log_blob": {},
+    "oracle": {},
+}
+#: Training options per detector (crops make a CPU step cheap; see docs/detectors.md).
+BENCH_TRAINING: dict[str, dict[str, Any]] = {
+    "yolo": {"batch_size": 8, "crop_px": 128, "lr": 2e-3, "warmup_iters": 100},
+    "faster_rcnn": {"batch_size": 4, "crop_px": 128, "lr": 2e-4, "warmup_iters": 100},
+}
+
+
+def evaluate_detector(
+    detector: Any, dataset: Any, per_view: bool = False
+) -> tuple[dict[str, Any], float]:
+    """2D metrics of ``detector`` on every view of ``dataset`` and the inference seconds per view.
+
+    Args:
+        detector: any :class:`~mvxray.detectors2d.base.Detector2D`.
+        dataset: iterable of :class:`~mvxray.datasets.base.MultiViewSample`.
+        per_view: also report metrics per view index.
+
+    Returns:
+        ``(metrics, seconds_per_view)``; metrics as :meth:`DetectionEvaluator.compute`.
+    """
+    ev = DetectionEvaluator()
+    seconds, views = 0.0, 0
+    for sample in dataset:
+        t = time.perf_counter()
+        dets = predict_sample(detector, sample)
+        seconds += time.perf_counter() - t
+        views += len(dets)
+        ev.add_sample(dets, sample.boxes2d, sample.visible2d)
+    return ev.compute(per_view=per_view), seconds / max(views, 1)
+
+
+def render_phantom_dataset(
+    root: str | Path,
+    cases: int,
+    size: int = 256,
+    phantom: str = "chest",
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Render ``cases`` phantom cases with the seed's rig into an mvxray dataset at ``root``.
+
+    Cases already on disk are kept (a rerun only renders what is missing); the last
+    ``test_fraction`` of the seeds form the ``test`` split, the rest ``train``.
+    """
+    from tqdm.auto import tqdm
+
+    from mvxray.datasets.base import MultiViewSample
+    from mvxray.datasets.format import is_complete, write_case, write_dataset
+    from mvxray.datasets.phantoms import PHANTOMS
+    from mvxray.datasets.render import render_case
+    from mvxray.geometry import Rig
+
+    root = Path(root)
+    rig = Rig.seed(size)
+    names = [f"{phantom}_{seed + i:04d}" for i in range(cases)]
+    for i, name in enumerate(tqdm(names, desc=f"render {phantom}", disable=not progress)):
+        if is_complete(root / name):
+            continue
+        case = PHANTOMS[phantom](seed + i)
+        rendered = render_case(case.volume, rig, case.boxes3d)
+        sample = MultiViewSample(
+            images=rendered.images,
+            rig=rig,
+            boxes3d=case.boxes3d.float(),
+            boxes2d=rendered.boxes2d,
+            visible2d=rendered.visible2d,
+            labels=case.labels,
+            case_id=name,
+            meta=case.meta,
+        )
+        write_case(
+            root / name, sample, boxes2d_mask=rendered.boxes2d_mask, preview=False, overwrite=True
+        )
+    n_test = max(1, round(test_fraction * cases)) if cases > 1 else 0
+    splits = {"train": names[: cases - n_test], "test": names[cases - n_test :]}
+    write_dataset(root, names, splits, meta={"phantom": phantom, "size": size, "rig": "seed"})
+    return root
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cols = ["detector", "ap50", *[f"recall@{f:g}fp" for f in FPPI_POINTS], "train_s", "infer_s"]
+    lines = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for r in rows:
+        cells = [
+            r[c] if isinstance(r[c], str) else f"{r[c]:.3f}" if c != "train_s" else f"{r[c]:.0f}"
+            for c in cols
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(
+    detectors: Sequence[str],
+    data: Path,
+    minutes: float,
+    out: Path,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train (within ``minutes`` each) and evaluate ``detectors`` on ``data``; rows of results."""
+    from mvxray import detectors2d
+    from mvxray.datasets.torchdata import MultiViewDataset
+
+    train, test = MultiViewDataset(data, "train"), MultiViewDataset(data, "test")
+    train_list, test_list = list(train), list(test)
+    rows = []
+    for name in detectors:
+        det = detectors2d.build(name, **BENCH_DETECTORS.get(name, {}))
+        t = time.monotonic()
+        if name in BENCH_TRAINING:
+            fit = det.fit(
+                train_list,
+                out=out / name,
+                max_minutes=minutes,
+                max_iters=10**9,
+                seed=seed,
+                progress=progress,
+                **BENCH_TRAINING[name],
+            )
+        else:
+            fit = det.fit(train_list)
+            det.save(out / name / "model.pt")
+        train_s = time.monotonic() - t
+        metrics, infer_s = evaluate_detector(det, test_list)
+        rows.append(
+            {
+                "detector": name,
+                **{k: v for k, v in metrics.items() if k != "per_view"},
+                "train_s": train_s,
+                "infer_s": infer_s,
+                "fit": fit,
+            }
+        )
+        print(f"{name}: {json.dumps(rows[-1])}", flush=True)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mvxray.benchmarks.detect2d",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--data", type=Path, help="an mvxray dataset (default: render the chest phantom)"
+    )
+    parser.add_argument(
+        "--cases", type=int, default=40, help="phantom cases to render (train + test)"
+    )
+    parser.add_argument("--size", type=int, default=256, help="view size, px")
+    parser.add_argument(
+        "--detectors", default="yolo,faster_rcnn,log_blob", help="comma-separated names"
+    )
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per detector")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, help="output folder (default: in the cache)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    from mvxray.paths import cache_dir
+
+    torch.set_num_threads(args.threads)
+    data = args.data or render_phantom_dataset(
+        cache_dir() / "datasets" / f"chest_{args.size}px_{args.cases}cases",
+        args.cases,
+        args.size,
+        progress=not args.no_progress,
+    )
+    out = args.out or cache_dir() / "bench" / "detect2d"
+    rows = run(
+        [d for d in args.detectors.split(",") if d],
+        Path(data),
+        args.minutes,
+        out,
+        args.seed,
+        not args.no_progress,
+    )
+    print(_table(rows))
+    summary = {
+        "benchmark": "detect2d",
+        "data": str(data),
+        "minutes": args.minutes,
+        "threads": args.threads,
+        "results": [{k: v for k, v in r.items() if k != "fit"} for r in rows],
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

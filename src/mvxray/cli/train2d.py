@@ -1,0 +1,120 @@
+"""``mvxray train-2d``: train a 2D detector on an mvxray dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``key=value`` with a JSON value (``strides=[4,8,16]``), else the string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, found {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-2d",
+        help="train a 2D detector (faster_rcnn, yolo; log_blob calibrates) on a dataset",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
+    p.add_argument("--detector", default="yolo", help="faster_rcnn, yolo, log_blob or oracle")
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder (model.pt, last.pt, metrics.json)"
+    )
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training views")
+    p.add_argument("--iters", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-time budget")
+    p.add_argument("--size", type=int, default=None, help="resize views to this square size, px")
+    p.add_argument("--batch", type=int, default=8, help="views per step")
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=128,
+        help="train on random crops of this size, px (0: whole views)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: the detector's benchmark value)",
+    )
+    p.add_argument("--warmup", type=int, default=500, help="warm-up iterations")
+    p.add_argument("--train-split", default="train", help="split to train on")
+    p.add_argument(
+        "--val-split", default="val", help="split to report metrics on (skipped if absent)"
+    )
+    p.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="detector config option, e.g. backbone=resnet18_fpn (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mvxray import detectors2d
+    from mvxray.benchmarks.detect2d import BENCH_DETECTORS, BENCH_TRAINING, evaluate_detector
+    from mvxray.datasets.format import read_dataset
+    from mvxray.datasets.torchdata import MultiViewDataset
+    from mvxray.detectors2d.io import atomic_write_text
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.detector not in detectors2d.DETECTORS:
+        raise ValueError(
+            f"--detector: unknown {args.detector!r}; available: {sorted(detectors2d.DETECTORS)}"
+        )
+    index = read_dataset(args.data)
+    train = list(MultiViewDataset(args.data, args.train_split))
+    if not train:
+        raise ValueError(f"--data: split {args.train_split!r} of {args.data} is empty")
+    options = {**BENCH_DETECTORS.get(args.detector, {}), **dict(args.option)}
+    if args.size:
+        options["input_size"] = args.size
+    det = detectors2d.build(args.detector, **options)
+    if args.detector in ("faster_rcnn", "yolo"):
+        tr = dict(BENCH_TRAINING.get(args.detector, {}))
+        tr.update(
+            epochs=args.epochs,
+            max_iters=args.iters,
+            max_minutes=args.minutes,
+            batch_size=args.batch,
+            crop_px=args.crop or None,
+            warmup_iters=args.warmup,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+        if args.lr is not None:
+            tr["lr"] = args.lr
+        fit = det.fit(train, out=args.out, resume=args.resume, **tr)
+    else:
+        fit = det.fit(train)
+        det.save(args.out / "model.pt")
+    report: dict[str, Any] = {"detector": args.detector, "data": str(args.data), "fit": fit}
+    if index.splits.get(args.val_split):
+        metrics, infer_s = evaluate_detector(det, MultiViewDataset(args.data, args.val_split))
+        report[args.val_split] = {**metrics, "infer_s_per_view": infer_s}
+    atomic_write_text(args.out / "metrics.json", json.dumps(report, indent=1))
+    print(json.dumps(report))
+    print(f"model: {args.out / 'model.pt'}")
+    return 0

@@ -1,0 +1,152 @@
+"""End to end: ``mvxray train-2d`` then ``mvxray detect`` on a tiny dataset written here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mvxray.cli import main
+from mvxray.datasets.base import MultiViewSample
+from mvxray.datasets.format import write_case, write_dataset
+from mvxray.detectors2d.io import read_detections
+from mvxray.geometry import Rig
+
+
+def _sample(seed: int, views: int = 2, size: int = 64) -> MultiViewSample:
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    images, boxes = [], []
+    for _ in range(views):
+        img = (
+            0.5
+            + 0.2 * torch.sin(2 * math.pi * yy / 20)
+            + 0.03 * torch.randn(size, size, generator=g)
+        )
+        c = 10 + torch.rand(2, generator=g) * (size - 20)
+        img = img + 0.8 * torch.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / 8)
+        images.append(img)
+        boxes.append(torch.cat([c - 4, c + 4])[None])
+    return MultiViewSample(
+        images=torch.stack(images)[:, None].float(),
+        rig=Rig.seed(size).subset(range(views)),
+        boxes3d=torch.zeros(1, 6),
+        boxes2d=torch.stack(boxes),
+        visible2d=torch.ones(views, 1, dtype=torch.bool),
+        labels=torch.zeros(1, dtype=torch.long),
+        case_id=f"case{seed}",
+    )
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    root = tmp_path / "data"
+    names = [f"case{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        write_case(root / name, _sample(i), preview=False)
+    write_dataset(root, names, {"train": names[:2], "val": names[2:]})
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize(
+    "detector, extra",
+    [("log_blob", []), ("yolo", ["--iters", "2", "--option", "model=yolov8n.yaml", "--crop", "0"])],
+)
+def test_train_then_detect_writes_per_case_json(tiny_dataset, tmp_path, capsys, detector, extra):
+    out = tmp_path / "model"
+    argv = ["train-2d", "--data", str(tiny_dataset), "--detector", detector, "--out", str(out)]
+    assert main([*argv, "--batch", "2", "--no-progress", *extra]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["detector"] == detector
+    assert report["val"]["n_gt"] == 2.0 and 0.0 <= report["val"]["recall@1fp"] <= 1.0
+    det_dir = tmp_path / "dets"
+    assert (
+        main(
+            [
+                "detect",
+                "--data",
+                str(tiny_dataset),
+                "--model",
+                str(out / "model.pt"),
+                "--out",
+                str(det_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    files = sorted(p.name for p in det_dir.glob("*.json"))
+    assert files == ["case0.json", "case1.json", "case2.json"]
+    doc = json.loads((det_dir / "case2.json").read_text())
+    assert doc["case_id"] == "case2" and doc["detector"] == detector and len(doc["views"]) == 2
+    dets = read_detections(det_dir / "case2.json")
+    assert all(d.boxes.shape[1] == 4 and len(d.scores) == len(d) for d in dets)
+    assert "3 case(s)" in capsys.readouterr().out
+
+
+def test_train_2d_resume_continues_the_schedule(tiny_dataset, tmp_path):
+    out = tmp_path / "m"
+    base = [
+        "train-2d",
+        "--data",
+        str(tiny_dataset),
+        "--detector",
+        "yolo",
+        "--out",
+        str(out),
+        "--option",
+        "model=yolov8n.yaml",
+        "--crop",
+        "0",
+        "--batch",
+        "2",
+        "--no-progress",
+    ]
+    assert main([*base, "--iters", "1"]) == 0
+    assert main([*base, "--iters", "2", "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["fit"]["iterations"] == 2.0
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["iteration"] == 2
+
+
+def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "detect",
+                "--data",
+                str(tiny_dataset),
+                "--model",
+                str(tmp_path / "none.pt"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train-2d",
+                "--data",
+                str(tiny_dataset),
+                "--detector",
+                "rcnn",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
+    assert "unknown 'rcnn'" in capsys.readouterr().err
