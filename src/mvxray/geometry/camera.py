@@ -9,6 +9,8 @@ All functions are batched and differentiable; views are a leading dimension ``V`
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mvxray.geometry._checks import ShapeError, check_finite, check_intrinsics, check_shape
@@ -103,9 +105,10 @@ def project_points(
     V, N = P.shape[-3], points_ct.shape[-2]
     # One batched GEMM in the (V, 3, N) layout: the inner dimension is 3, so the product is
     # memory bound and this layout (points as rows of length N) streams best.
-    Pb = P.expand(*batch, V, 3, 4).reshape(-1, 3, 4)
+    BV = math.prod(batch) * V
+    Pb = P.expand(*batch, V, 3, 4).reshape(BV, 3, 4)
     pts_t = points_ct.expand(*batch, N, 3).transpose(-1, -2).unsqueeze(-3)
-    pts_t = pts_t.expand(*batch, V, 3, N).reshape(-1, 3, N)
+    pts_t = pts_t.expand(*batch, V, 3, N).reshape(BV, 3, N)
     x = torch.baddbmm(Pb[..., 3:], Pb[..., :3], pts_t)  # (B*V, 3, N)
     z = x[:, 2]
     if torch.is_grad_enabled() and x.requires_grad:
