@@ -12,7 +12,9 @@ import their module when called, so importing :mod:`mvxray.lifting` stays light.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mvxray.lifting.base import Lifted3D, Lifter, TrainableLifter
@@ -59,4 +61,28 @@ def build(name: str, **cfg: Any) -> Lifter:
     return LIFTERS[name](**cfg)
 
 
-__all__ = ["LIFTERS", "Lifted3D", "Lifter", "TrainableLifter", "build"]
+#: Trainable lifters: name → (module, class) whose ``load(path)`` reads a saved lifter.
+TRAINABLE: dict[str, tuple[str, str]] = {
+    "mv2d": ("mvxray.lifting.mv2d", "MV2DLifter"),
+    "rayemb": ("mvxray.lifting.rayemb", "RayEmbLifter"),
+}
+
+
+def load(name: str, path: str | Path, **kwargs: Any) -> Lifter:
+    """Read a trained lifter ``name`` saved at ``path`` (by its ``save``).
+
+    Raises:
+        KeyError: ``name`` is not a trainable lifter.
+        FileNotFoundError: no file at ``path``.
+    """
+    if name not in TRAINABLE:
+        raise KeyError(
+            f"lifter {name!r}: nothing to load; trainable lifters are {sorted(TRAINABLE)}"
+        )
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no saved {name} lifter there")
+    module, cls = TRAINABLE[name]
+    return getattr(importlib.import_module(module), cls).load(path, **kwargs)
+
+
+__all__ = ["LIFTERS", "TRAINABLE", "Lifted3D", "Lifter", "TrainableLifter", "build", "load"]

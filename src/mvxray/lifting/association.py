@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from mvxray.detectors2d.base import Detections2D
-from mvxray.geometry import Rig, backproject_pixels, project_points
+from mvxray.geometry import Rig, points_depth, project_points, triangulate
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class AssociationConfig:
         refine_iters: re-triangulate / re-gather rounds.
         dup_frac: a hypothesis closer than ``dup_frac`` × its size to an accepted one is a duplicate.
         max_per_view: keep the highest-scoring detections per view (bounds the seed count).
+        residual_weight: ranking = score − this × mean normalized reprojection residual.
     """
 
     gate_px: float = 4.0
@@ -50,6 +51,7 @@ class AssociationConfig:
     refine_iters: int = 2
     dup_frac: float = 0.5
     max_per_view: int = 50
+    residual_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if self.min_views < 2:
@@ -106,6 +108,8 @@ class Hypotheses:
         support: ``(P, V)`` int64 row in the :class:`DetectionTable`, −1 if none.
         in_image: ``(P, V)`` bool, the point projects into the image in front of the source.
         scores: ``(P,)``.
+        residual: ``(P,)`` mean distance of the point's projection to its supporting centres,
+            in units of their gates (0 = exact, 1 = at the gate).
     """
 
     points: torch.Tensor
@@ -113,19 +117,7 @@ class Hypotheses:
     support: torch.Tensor
     in_image: torch.Tensor
     scores: torch.Tensor
-
-
-def triangulate_rays(
-    origins: torch.Tensor, directions: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """Weighted least-squares point nearest to K rays: ``(*, K, 3)`` × 2, ``(*, K)`` → ``(*, 3)``.
-
-    Temporary until :mod:`mvxray.geometry.triangulation` lands (then this is replaced by it).
-    """
-    eye = torch.eye(3, dtype=origins.dtype)
-    A = weights[..., None, None] * (eye - directions[..., :, None] * directions[..., None, :])
-    b = (A @ origins[..., None]).squeeze(-1)
-    return torch.linalg.solve(A.sum(-3) + 1e-9 * eye, b.sum(-2))
+    residual: torch.Tensor
 
 
 def _gate(table: DetectionTable, cfg: AssociationConfig) -> torch.Tensor:
@@ -142,30 +134,21 @@ def seed_pairs(
     """
     D = table.view.shape[0]
     K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
-    o, d = backproject_pixels(
-        table.centres[:, None, None], K[table.view, None], T[table.view, None]
-    )
-    o, d = o[:, 0, 0], d[:, 0, 0]  # (D, 3)
     i, j = torch.triu_indices(D, D, 1)
     keep = table.view[i] != table.view[j]
-    cos = (d[i] * d[j]).sum(-1).abs()
-    keep &= cos < math.cos(math.radians(cfg.min_angle_deg))
     i, j = i[keep], j[keep]
     if i.numel() == 0:
         return torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-    X = triangulate_rays(
-        torch.stack([o[i], o[j]], 1),
-        torch.stack([d[i], d[j]], 1),
-        torch.ones(i.numel(), 2, dtype=torch.float64),
-    )
+    pair_views = torch.stack([table.view[i], table.view[j]], 1)  # (P, 2)
+    uv = torch.stack([table.centres[i], table.centres[j]], 1)[:, :, None]  # (P, 2, 1, 2)
+    tri = triangulate(uv, K[pair_views], T[pair_views], min_angle_deg=cfg.min_angle_deg)
+    X = tri.points[:, 0]
     gate = _gate(table, cfg)
-    ok = torch.ones(i.numel(), dtype=torch.bool)
-    sizes = []
-    for a in (i, j):
-        uv, z = project_points(X[:, None], K[table.view[a], None], T[table.view[a], None])
-        err = (uv[:, 0, 0] - table.centres[a]).norm(dim=-1)
-        ok &= (z[:, 0, 0] > 0) & (err <= gate[a])
-        sizes.append(table.sizes[a] * z[:, 0, 0] / K[table.view[a], 0, 0])
+    # the epipolar test: the point reprojects within the gate in both views (inf behind a source)
+    resid = tri.residuals_px[:, :, 0]
+    ok = ~tri.degenerate[:, 0] & (resid[:, 0] <= gate[i]) & (resid[:, 1] <= gate[j])
+    z = points_depth(X[:, None], T[pair_views])[..., 0]  # (P, 2)
+    sizes = [table.sizes[a] * z[:, k] / K[table.view[a], 0, 0] for k, a in enumerate((i, j))]
     # the two views must agree on the object's size, too
     ratio = sizes[0] / sizes[1].clamp(min=1e-9)
     ok &= (ratio < cfg.size_ratio) & (ratio > 1 / cfg.size_ratio)
@@ -183,7 +166,8 @@ def gather_support(
     V, P = rig.num_views, points.shape[0]
     if P == 0:
         none = torch.zeros(0, V, dtype=torch.long)
-        return Hypotheses(points, size_mm, none, none.bool(), torch.zeros(0, dtype=torch.float64))
+        zero = torch.zeros(0, dtype=torch.float64)
+        return Hypotheses(points, size_mm, none, none.bool(), zero, zero)
     K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
     uv, z = project_points(points, K, T)  # (V, P, 2), (V, P)
     in_image = (
@@ -194,6 +178,7 @@ def gather_support(
         & (uv[..., 1] <= rig.height)
     ).T  # (P, V)
     support = torch.full((P, V), -1, dtype=torch.long)
+    resid = torch.zeros(P, V, dtype=torch.float64)
     gate = _gate(table, cfg)
     for v in range(V):
         rows = torch.nonzero(table.view == v).squeeze(1)
@@ -205,9 +190,14 @@ def gather_support(
         ok = (dist <= gate[rows][None]) & (ratio < cfg.size_ratio) & (ratio > 1 / cfg.size_ratio)
         dist = torch.where(ok & in_image[:, v : v + 1], dist, torch.full_like(dist, math.inf))
         best = dist.argmin(1)
-        found = torch.isfinite(dist.gather(1, best[:, None]).squeeze(1))
+        d_best = dist.gather(1, best[:, None]).squeeze(1)
+        found = torch.isfinite(d_best)
         support[found, v] = rows[best[found]]
-    return Hypotheses(points, size_mm, support, in_image, _score(support, in_image, table))
+        resid[found, v] = d_best[found] / gate[rows[best[found]]]
+    n = (support >= 0).sum(1).clamp(min=1)
+    return Hypotheses(
+        points, size_mm, support, in_image, _score(support, in_image, table), resid.sum(1) / n
+    )
 
 
 def _score(support: torch.Tensor, in_image: torch.Tensor, table: DetectionTable) -> torch.Tensor:
@@ -223,13 +213,13 @@ def refine(hyp: Hypotheses, table: DetectionTable, rig: Rig, cfg: AssociationCon
     K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
     has = hyp.support >= 0
     rows = hyp.support.clamp(min=0)
-    o, d = backproject_pixels(table.centres[rows].transpose(0, 1), K, T)  # (V, P, 3)
-    w = torch.where(has, table.scores[rows].clamp(min=0), torch.zeros(()).double())  # (P, V)
-    X = triangulate_rays(o.transpose(0, 1), d.transpose(0, 1), w + 1e-6 * has.double())
+    w = torch.where(has, table.scores[rows].clamp(min=1e-6), torch.zeros(()).double())  # (P, V)
+    tri = triangulate(table.centres[rows].transpose(0, 1), K, T, w.T, has.T)
+    X = tri.points
     _, z = project_points(X, K, T)  # (V, P)
     sz = table.sizes[rows].T * z / K[:, 0, 0, None]  # (V, P) mm
     size = torch.where(has.T, sz, torch.zeros(()).double()).sum(0) / has.sum(1).clamp(min=1)
-    good = has.sum(1) >= 2
+    good = ~tri.degenerate
     X = torch.where(good[:, None], X, hyp.points)
     size = torch.where(good, size, hyp.size_mm)
     return gather_support(X, size, table, rig, cfg)
@@ -238,10 +228,10 @@ def refine(hyp: Hypotheses, table: DetectionTable, rig: Rig, cfg: AssociationCon
 def select(hyp: Hypotheses, cfg: AssociationConfig) -> torch.Tensor:
     """Greedy non-maximum suppression over hypotheses; returns the kept indices, best first."""
     n_sup = (hyp.support >= 0).sum(1)
-    order = sorted(
-        range(hyp.points.shape[0]),
-        key=lambda p: (-float(hyp.scores[p]), -int(n_sup[p])),
-    )
+    # the reprojection residual breaks near-ties of score: with opposite views (180° apart) a
+    # "ghost" pairing two objects can gather as many views as a true one, but fits them worse
+    rank = hyp.scores - cfg.residual_weight * hyp.residual
+    order = sorted(range(hyp.points.shape[0]), key=lambda p: (-float(rank[p]), -int(n_sup[p])))
     claimed: set[int] = set()
     kept: list[int] = []
     for p in order:
@@ -281,6 +271,7 @@ def associate(
             hyp.support[keep],
             hyp.in_image[keep],
             hyp.scores[keep],
+            hyp.residual[keep],
         ),
         table,
     )
