@@ -57,8 +57,9 @@ def lung_mask_from_hu(
 def _coarse_lung_distance(lung: torch.Tensor, spacing: np.ndarray) -> tuple[np.ndarray, float]:
     """Distance (mm) to the lung boundary on a 2×-coarser grid, and its worst-case error.
 
-    A coarse voxel is lung only if its 2×2×2 block is (min-pooling), so coarse background covers
-    all fine background and ``true distance ≥ coarse distance - slack`` at fine voxel ``2 c``.
+    A coarse voxel is lung only if its 2×2×2 block is (min-pooling), so every fine background
+    voxel lies within one fine voxel diagonal (``slack``) of fine voxel ``2 c'`` of a coarse
+    background voxel ``c'``; hence ``true distance ≥ coarse distance - slack`` at fine voxel ``2 c``.
     The exact transform at full resolution costs ~8× more and only decides where centres go.
     """
     from scipy.ndimage import distance_transform_edt
@@ -66,7 +67,7 @@ def _coarse_lung_distance(lung: torch.Tensor, spacing: np.ndarray) -> tuple[np.n
     bg = (~lung).float()[None, None]
     coarse_bg = torch.nn.functional.max_pool3d(bg, 2, stride=2, ceil_mode=True)[0, 0] > 0
     dist = distance_transform_edt(~coarse_bg.numpy(), sampling=2.0 * spacing)
-    return dist, float(2.0 * np.linalg.norm(spacing))
+    return dist, float(np.linalg.norm(spacing))
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -95,6 +96,7 @@ def insert_nodules(
     vessel_hu: float = -400.0,
     vessel_fraction: float = 0.02,
     max_tries: int = 300,
+    min_fill: float = 0.2,
 ) -> PhantomCase:
     """Insert ``n`` real LIDC nodule shapes into a host CT at random lung positions.
 
@@ -113,6 +115,8 @@ def insert_nodules(
         vessel_hu: HU above which a host voxel counts as vessel / dense tissue.
         vessel_fraction: largest fraction of such voxels allowed within the bounding sphere.
         max_tries: candidate sites tried per nodule before giving up on it.
+        min_fill: smallest mask volume / volume of the sphere of the shape's diameter (shapes
+            below are redrawn, up to 20 times).
 
     Returns:
         :class:`PhantomCase` with M ≥ 1 nodules (class 0), boxes from the final label map.
@@ -142,12 +146,20 @@ def insert_nodules(
     records: list[dict[str, Any]] = []
     for _ in range(n):
         target = float(rng.uniform(*diameter_mm))
-        nod = lib.get(lib.nearest(target, rng))
+        for _draw in range(20):
+            nod = lib.get(lib.nearest(target, rng))
+            # Skip degenerate shapes (e.g. drawn on one or two thick slices): mask volume below
+            # `min_fill` of the sphere of the same diameter.
+            if nod.volume_mm3 >= min_fill * np.pi / 6 * nod.diameter_mm**3:
+                break
         scale = target / nod.diameter_mm
         R = _random_rotation(rng)
         m_np = np.pad(nod.mask.numpy().astype(np.float32), 1)
-        half = (np.array(m_np.shape) - 1) / 2 * nod.spacing_mm.numpy() * scale
-        radius = float(np.linalg.norm(half))
+        # Bounding sphere about the mask's array centre (the rotation centre): farthest nodule
+        # voxel plus one voxel diagonal (the trilinear fringe), scaled.
+        nsp = nod.spacing_mm.numpy()
+        far = np.linalg.norm((np.argwhere(m_np > 0) - (np.array(m_np.shape) - 1) / 2) * nsp, axis=1)
+        radius = float((far.max() + np.linalg.norm(nsp)) * scale)
         cand = 2 * np.argwhere(dist >= radius + margin_mm + slack)
         site = None
         for _try in range(min(max_tries, len(cand))):
