@@ -14,8 +14,10 @@ denormal floats slow a CPU down ~2.5×; we also call ``torch.set_flush_denormal(
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,17 @@ class FasterRCNNConfig:
             )
 
 
+@contextlib.contextmanager
+def flush_denormal() -> Iterator[None]:
+    """Flush denormal floats to zero inside the block (a CPU-global flag, so it is switched back
+    off after: other code, e.g. hypothesis, relies on IEEE subnormals)."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 class _NoResizeTransform(GeneralizedRCNNTransform):
     """torchvision's transform without its resize: mvxray decides the input size itself."""
 
@@ -197,7 +210,6 @@ class FasterRCNNDetector:
     name = "faster_rcnn"
 
     def __init__(self, config: FasterRCNNConfig | None = None, **overrides: Any) -> None:
-        torch.set_flush_denormal(True)
         self.config = config_from_dict(FasterRCNNConfig, overrides) if config is None else config
         self.model = build_model(self.config)
         self.model.eval()
@@ -250,6 +262,14 @@ class FasterRCNNDetector:
         check_images(images, channels=1)
         was_training = self.model.training
         self.model.eval()
+        with flush_denormal():
+            out = self._predict(images)
+        self.model.train(was_training)
+        for v in torch.nonzero(~has_contrast(images)).flatten().tolist():
+            out[v] = Detections2D.empty(images.device)
+        return out
+
+    def _predict(self, images: torch.Tensor) -> list[Detections2D]:
         out = []
         for chunk in images.split(self.config.batch_size):
             x, scale = self._inputs(chunk)
@@ -261,9 +281,6 @@ class FasterRCNNDetector:
                         (r["labels"] - 1).to(images.device),
                     )
                 )
-        self.model.train(was_training)
-        for v in torch.nonzero(~has_contrast(images)).flatten().tolist():
-            out[v] = Detections2D.empty(images.device)
         return out
 
     # ------------------------------------------------------------------ features for MV2D
@@ -302,7 +319,8 @@ class FasterRCNNDetector:
 
         out, resume = kwargs.pop("out", None), kwargs.pop("resume", False)
         cfg = config or config_from_dict(TrainConfig, kwargs)
-        return fit_detector(self, train, cfg, out=out, resume=resume)
+        with flush_denormal():
+            return fit_detector(self, train, cfg, out=out, resume=resume)
 
     def load_weights(self, path: str | Path) -> None:
         """Load a user's torchvision-style ``state_dict`` file (e.g. trained elsewhere)."""

@@ -60,6 +60,12 @@ def _quantiles(flat: torch.Tensor, qs: tuple[float, float]) -> torch.Tensor:
     return torch.quantile(flat, q, dim=1)
 
 
+def _flat_tolerance(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Percentile spans below this are rounding noise of the dtype: the view is flat."""
+    eps = torch.finfo(lo.dtype).eps
+    return 8 * eps * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-30)
+
+
 def robust_normalize(images: torch.Tensor, clip: tuple[float, float] = (-0.5, 1.5)) -> torch.Tensor:
     """Map each image's 0.5th / 99.5th intensity percentiles to 0 / 1 (float32).
 
@@ -81,16 +87,17 @@ def robust_normalize(images: torch.Tensor, clip: tuple[float, float] = (-0.5, 1.
         0.0
     """
     check_images(images, channels=None)
-    x = images.float()
+    # In the input's precision (float64 keeps a small signal on a large offset), float32 out.
+    x = images if images.dtype == torch.float64 else images.float()
     V, C, H, W = x.shape
     flat = x.reshape(V * C, H * W)
     lo, hi = _quantiles(flat, (LOW_Q, HIGH_Q))
     span = hi - lo
     # A flat image has no contrast: scale by 1 so it maps to 0 instead of dividing by ~0.
-    tiny = 1e-6 * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-12)
+    tiny = _flat_tolerance(lo, hi)
     span = torch.where(span > tiny, span, torch.ones_like(span))
     y = (flat - lo[:, None]) / span[:, None]
-    return y.clamp(*clip).reshape(V, C, H, W)
+    return y.clamp(*clip).reshape(V, C, H, W).float()
 
 
 def has_contrast(images: torch.Tensor) -> torch.Tensor:
@@ -102,9 +109,9 @@ def has_contrast(images: torch.Tensor) -> torch.Tensor:
         [False, True]
     """
     check_images(images, channels=None)
-    flat = images.float().flatten(1)
-    lo, hi = _quantiles(flat, (LOW_Q, HIGH_Q))
-    return (hi - lo) > 1e-6 * torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-12)
+    x = images if images.dtype == torch.float64 else images.float()
+    lo, hi = _quantiles(x.flatten(1), (LOW_Q, HIGH_Q))
+    return (hi - lo) > _flat_tolerance(lo, hi)
 
 
 def _blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:

@@ -117,7 +117,7 @@ class OracleDetector:
             noise = torch.randn(b.shape, generator=g)
             b = b + noise * (c.jitter_px + c.jitter_frac * wh)
             scores = torch.full((len(b),), c.tp_score)
-            n_fp = int(torch.poisson(torch.tensor([c.fp_per_image]), generator=g).item())
+            n_fp = int(torch.poisson(torch.tensor([float(c.fp_per_image)]), generator=g).item())
             if n_fp:
                 if len(size_ref):
                     sz = size_ref[torch.randint(len(size_ref), (n_fp,), generator=g)].cpu()
