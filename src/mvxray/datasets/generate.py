@@ -292,8 +292,12 @@ def generate(
             import multiprocessing as mp
 
             threads = max(1, (os.cpu_count() or 1) // config.workers)
+            # fork is cheap (no re-import of torch per worker) and safe for CPU rendering;
+            # CUDA cannot be forked, so GPU runs spawn fresh interpreters.
+            cuda = config.device is not None and str(config.device).startswith("cuda")
+            method = "fork" if "fork" in mp.get_all_start_methods() and not cuda else "spawn"
             with ProcessPoolExecutor(
-                config.workers, mp.get_context("spawn"), _worker_init, (threads,)
+                config.workers, mp.get_context(method), _worker_init, (threads,)
             ) as pool:
                 pending = {pool.submit(render_one, config, k) for k in todo}
                 while pending:
