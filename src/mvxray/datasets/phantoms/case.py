@@ -65,8 +65,8 @@ def boxes_from_labels(
     Example:
         >>> from mvxray.geometry import T_ct_from_voxel
         >>> lab = torch.zeros(4, 4, 4, dtype=torch.int64); lab[1:3, 1, 2] = 1
-        >>> boxes_from_labels(lab, T_ct_from_voxel((4, 4, 4), (1.0, 1.0, 1.0)), 1)
-        tensor([[-1.0000, -1.0000,  0.0000,  1.0000,  0.0000,  1.0000]], dtype=torch.float64)
+        >>> boxes_from_labels(lab, T_ct_from_voxel((4, 4, 4), (1.0, 1.0, 1.0)), 1).tolist()
+        [[-1.0, -1.0, 0.0, 1.0, 0.0, 1.0]]
     """
     from scipy.ndimage import find_objects
 
