@@ -33,7 +33,7 @@ def _mv2d(**cfg: Any) -> Lifter:
 
 
 def _rayemb(**cfg: Any) -> Lifter:
-    from mvxray.lifting.rayemb import RayEmbLifter
+    from mvxray.lifting.rayemb.lifter import RayEmbLifter
 
     return RayEmbLifter(**cfg)
 
@@ -64,7 +64,7 @@ def build(name: str, **cfg: Any) -> Lifter:
 #: Trainable lifters: name → (module, class) whose ``load(path)`` reads a saved lifter.
 TRAINABLE: dict[str, tuple[str, str]] = {
     "mv2d": ("mvxray.lifting.mv2d", "MV2DLifter"),
-    "rayemb": ("mvxray.lifting.rayemb", "RayEmbLifter"),
+    "rayemb": ("mvxray.lifting.rayemb.lifter", "RayEmbLifter"),
 }
 
 

@@ -41,6 +41,8 @@ class MV2DTrainConfig:
         augment: photometric augmentation (gamma, Gaussian noise, Gaussian blur; p = 0.5 each).
         ckpt_every: steps between checkpoints.
         seed: random seed.
+        time_budget_s: when set, the run length (and so the cosine schedule) is fitted to this
+            wall time, measured over the first steps; ``epochs`` / ``max_steps`` stay upper bounds.
     """
 
     epochs: int = 24
@@ -55,6 +57,7 @@ class MV2DTrainConfig:
     augment: bool = True
     ckpt_every: int = 100
     seed: int = 0
+    time_budget_s: float | None = None
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -148,11 +151,11 @@ def train_mv2d(
     )
     per_epoch = len(loader)
     total = config.max_steps or config.epochs * per_epoch
-    warmup = min(config.warmup_iters, total // 5)
+    plan = {"total": total, "warmup": min(config.warmup_iters, total // 5)}
     net = distributed.wrap_model(model, info)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, warmup, config.min_lr_ratio)
+        opt, lambda s: lr_factor(s, plan["total"], plan["warmup"], config.min_lr_ratio)
     )
     ckpt = Path(out_dir) / "mv2d_last.pt" if out_dir is not None else None
     step, history = 0, []
@@ -184,11 +187,12 @@ def train_mv2d(
             )
 
     epoch = step // max(per_epoch, 1)
-    while step < total:
+    start_step, probe = step, 3
+    while step < plan["total"]:
         if sampler is not None:
             sampler.set_epoch(epoch)
         for batch in loader:
-            if step >= total:
+            if step >= plan["total"]:
                 break
             samples = [train[i] for i in batch]
             inp = collate(samples, [_jitter(dets[i], config.box_jitter_frac, g) for i in batch])
@@ -217,6 +221,13 @@ def train_mv2d(
             bar.set_postfix(loss3d=f"{value:.3f}", reg=f"{float(parts[-1]['reg']):.3f}")
             if step % config.ckpt_every == 0:
                 save()
+            if config.time_budget_s and step - start_step == probe:
+                # the same estimate on every process, so they all stop at the same step
+                per_step = distributed.all_reduce_mean((time.time() - t0) / probe, info)
+                fit = start_step + int(config.time_budget_s / max(per_step, 1e-6))
+                plan["total"] = max(step + 1, min(plan["total"], fit))
+                plan["warmup"] = min(config.warmup_iters, plan["total"] // 5)
+                bar.total = plan["total"]
         epoch += 1
     bar.close()
     save()
