@@ -146,3 +146,18 @@ def test_build_rejects_unknown_names_and_options():
         detectors2d.build("yolo", model="yolov8n.pt")
     with pytest.raises(ValueError, match="backbone"):
         detectors2d.build("faster_rcnn", backbone="vgg16")
+
+
+def test_faster_rcnn_exposes_features_for_mv2d():
+    det = detectors2d.build("faster_rcnn", **TINY["faster_rcnn"])
+    assert isinstance(det, detectors2d.FeatureDetector2D)
+    images = blob_sample(views=2, size=64).images
+    feats, strides = det.features(images)
+    assert strides == {"0": 8, "1": 16, "2": 32}
+    assert feats["0"].shape == (2, 256, 8, 8)
+    rois = torch.tensor([[1.0, 4, 4, 20, 20], [0.0, 10, 10, 30, 40], [1.0, 0, 0, 64, 64]])
+    pooled = det.roi_features(feats, rois, (64, 64))
+    assert pooled.shape == (3, 256, 7, 7)
+    # the order of the rois is kept: pooling the first roi alone gives the same features
+    alone = det.roi_features(feats, rois[:1], (64, 64))
+    assert torch.allclose(alone[0], pooled[0])
