@@ -196,7 +196,11 @@ def _print_table(r: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run, print the table and the final JSON line."""
     args = _parser().parse_args(argv)
-    result = run(args)
+    threads = torch.get_num_threads()
+    try:
+        result = run(args)
+    finally:
+        torch.set_num_threads(threads)  # callers (e.g. a test session) keep their setting
     _print_table(result)
     print(json.dumps(result))
     return 0
