@@ -271,3 +271,28 @@ def test_casting_deterministic_and_registry() -> None:
         a.volume.data, c.volume.data
     )
     assert PHANTOMS["chest"] is make_chest_case
+
+
+def test_subsolid_nodules(small_lib: NoduleLibrary) -> None:
+    host = _toy_chest()
+    kinds = set()
+    for seed in range(3):
+        case = insert_nodules(
+            host,
+            seed,
+            n_nodules=(3, 3),
+            diameter_mm=(8.0, 12.0),
+            library=small_lib,
+            subsolid_fraction=1.0,
+        )
+        for m, rec in enumerate(case.meta["nodules"], start=1):
+            kinds.add(rec["type"])
+            vals = case.volume.data[case.volume.labels == m]
+            ggo = rec["ground_glass_hu"]
+            assert -700.0 <= ggo <= -400.0
+            if rec["type"] == "ground_glass":
+                assert vals.max().item() <= ggo + 1e-3  # lung (-850) mixed with ground glass only
+                assert vals.min().item() >= -850.0 - 1e-3
+            else:  # part-solid: a solid core well above the ground glass
+                assert vals.max().item() > ggo + 0.5 * (rec["hu"] - ggo)
+    assert kinds == {"ground_glass", "part_solid"}

@@ -97,6 +97,8 @@ def insert_nodules(
     vessel_fraction: float = 0.02,
     max_tries: int = 300,
     min_fill: float = 0.2,
+    subsolid_fraction: float = 0.0,
+    ground_glass_hu: tuple[float, float] = (-700.0, -400.0),
 ) -> PhantomCase:
     """Insert ``n`` real LIDC nodule shapes into a host CT at random lung positions.
 
@@ -115,6 +117,10 @@ def insert_nodules(
         vessel_hu: HU above which a host voxel counts as vessel / dense tissue.
         vessel_fraction: largest fraction of such voxels allowed within the bounding sphere.
         max_tries: candidate sites tried per nodule before giving up on it.
+        subsolid_fraction: probability that a nodule is sub-solid: then, with equal odds,
+            pure ground-glass (HU uniform in ``ground_glass_hu``) or part-solid (a solid core —
+            the same shape at half size — in a ground-glass halo). Default 0: all solid.
+        ground_glass_hu: HU range of the ground-glass component.
         min_fill: smallest mask volume / volume of the sphere of the shape's diameter (shapes
             below are redrawn, up to 20 times).
 
@@ -193,8 +199,20 @@ def insert_nodules(
         if not bool((f >= 0.5).any()):
             continue
         value = float(rng.uniform(*nodule_hu))
+        kind, ggo = "solid", None
+        if subsolid_fraction > 0.0 and rng.random() < subsolid_fraction:
+            kind = "part_solid" if rng.random() < 0.5 else "ground_glass"
+            ggo = float(rng.uniform(*ground_glass_hu))
+        if ggo is None:
+            v: torch.Tensor | float = value
+        elif kind == "ground_glass":
+            v = ggo
+        else:  # solid core: the same shape at half the size, inside a ground-glass halo
+            qc = (x @ R) / (0.5 * scale) / nod.spacing_mm.numpy() + (np.array(m_np.shape) - 1) / 2
+            fc = sample_voxels(torch.from_numpy(m_np), torch.from_numpy(qc), fill=0.0)
+            v = ggo + (value - ggo) * fc.reshape(f.shape).clamp(0.0, 1.0)
         m_id = len(records) + 1
-        hu[box] = hu[box] * (1.0 - f) + value * f
+        hu[box] = hu[box] * (1.0 - f) + v * f
         sub = labels[box]
         sub[f >= 0.5] = m_id
         placed.append((c_ct, radius))
@@ -207,7 +225,9 @@ def insert_nodules(
                 "scale": scale,
                 "rotation": R.round(8).tolist(),
                 "centre_ct_mm": c_ct.tolist(),
+                "type": kind,
                 "hu": value,
+                "ground_glass_hu": ggo,
                 "attributes": nod.attributes,
             }
         )
