@@ -133,3 +133,23 @@ def test_set_loss_gradient_decreases_loss() -> None:
         opt.step()
         losses.append(float(out["loss_3d"]))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_one_to_many_regression_hand_computed() -> None:
+    gt = torch.tensor([[0.0, 0, 0, 2, 2, 2]])
+    pred = Box3DPrediction(
+        logits=torch.zeros(1, 3, 1),
+        centre=torch.tensor([[[1.0, 1.0, 1.0], [2.0, 1.0, 1.0], [9.0, 9, 9]]]),
+        size=torch.full((1, 3, 3), 2.0),
+    )
+    targets = torch.tensor([[0, 0, -1]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    cfg = LossConfig(offset_scale_mm=1.0, w_one_to_many=2.0)
+    out = set_loss_3d(pred, valid, [gt], [torch.zeros(1).long()], cfg, targets)
+    # queries 0 and 1 belong to gt 0: L1 = 0 and 1 → mean 0.5
+    torch.testing.assert_close(out["reg_o2m"], torch.tensor(0.5))
+    torch.testing.assert_close(out["loss_3d"], 0.25 * out["cls"] + out["reg"] + 2.0 * 0.5)
+    off = set_loss_3d(
+        pred, valid, [gt], [torch.zeros(1).long()], LossConfig(offset_scale_mm=1.0), targets
+    )
+    assert float(off["reg_o2m"]) == 0.0

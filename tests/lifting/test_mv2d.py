@@ -117,3 +117,17 @@ def test_lift_empty_and_errors(rig: Rig, tmp_path: Path) -> None:
     torch.save({"x": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not an mv2d lifter"):
         MV2DLifter.load(tmp_path / "bad.pt")
+
+
+def test_query_targets_name_the_object_of_each_detection(rig: Rig) -> None:
+    from mvxray.lifting.mv2d.inputs import query_targets
+
+    sample = make_scene(rig, 3, 8, spread_mm=50.0)
+    dets = detections_from_truth(sample)
+    inp = collate([sample, sample], [dets, [*dets[:3], Detections2D.empty()]])
+    t = query_targets([sample, sample], inp)
+    obj = torch.cat([torch.nonzero(sample.visible2d[v]).squeeze(1) for v in range(4)])
+    assert t[0, : len(obj)].tolist() == obj.tolist()
+    n1 = int(sample.visible2d[:3].sum())
+    assert t[1, :n1].tolist() == obj[:n1].tolist()
+    assert bool((t[1, n1:] == -1).all())

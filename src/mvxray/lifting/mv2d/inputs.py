@@ -9,7 +9,7 @@ import torch
 
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D
-from mvxray.geometry import Rig, backproject_pixels, closest_point_of_rays, points_depth
+from mvxray.geometry import Rig, backproject_pixels, box_iou_2d, closest_point_of_rays, points_depth
 from mvxray.geometry._checks import ShapeError
 
 
@@ -137,3 +137,26 @@ def collate(
         torch.stack(nears).float(),
         torch.stack(fars).float(),
     )
+
+
+def query_targets(
+    samples: Sequence[MultiViewSample], inp: MV2DInputs, min_iou: float = 0.3
+) -> torch.Tensor:
+    """The ground-truth object each query's 2D box belongs to: ``(B, Q)`` int64, −1 for none.
+
+    A query belongs to object m when its box overlaps m's visible ground-truth 2D box in the
+    query's view best, with IoU ≥ ``min_iou``.
+    """
+    B, Q = inp.roi_view.shape
+    out = torch.full((B, Q), -1, dtype=torch.long)
+    for b, s in enumerate(samples):
+        if s.boxes3d.shape[0] == 0:
+            continue
+        rois, view = inp.rois[b].cpu(), inp.roi_view[b].cpu()
+        gt = s.boxes2d.float().cpu()[view]  # (Q, M, 4)
+        iou = box_iou_2d(rois[:, None], gt)[:, 0]  # (Q, M)
+        iou = torch.where(s.visible2d.cpu()[view], iou, torch.zeros_like(iou))
+        best, arg = iou.max(-1)
+        ok = (best >= min_iou) & inp.valid[b].cpu()
+        out[b, ok] = arg[ok]
+    return out.to(inp.rois.device)

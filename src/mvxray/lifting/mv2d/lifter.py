@@ -25,14 +25,16 @@ class MV2DConfig:
 
     Attributes:
         net: the network's architecture.
-        loss: loss weights (``offset_scale_mm`` follows the network's).
+        loss: loss weights (``offset_scale_mm`` follows the network's). Beyond MV2D, every
+            query whose 2D box belongs to an object also regresses that object's box
+            (``w_one_to_many = 1``), which makes CPU-sized training runs learn much faster.
         score_threshold: boxes scoring below this are dropped at inference.
         nms_frac: a box whose centre is closer than this × the size of a better box is dropped.
         max_boxes: at most this many boxes per case.
     """
 
     net: MV2DNetConfig = field(default_factory=MV2DNetConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(w_one_to_many=1.0))
     score_threshold: float = 0.05
     nms_frac: float = 0.5
     max_boxes: int = 100

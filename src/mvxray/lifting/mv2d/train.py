@@ -21,7 +21,7 @@ from mvxray import distributed
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D
 from mvxray.heads import set_loss_3d, total_loss
-from mvxray.lifting.mv2d.inputs import collate, detections_from_truth
+from mvxray.lifting.mv2d.inputs import collate, detections_from_truth, query_targets
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,10 @@ def train_mv2d(
             preds, _ = net(inp)
             gt_boxes = [s.boxes3d.float().to(device) for s in samples]
             gt_labels = [s.labels.to(device) for s in samples]
-            parts = [set_loss_3d(p, inp.valid, gt_boxes, gt_labels, loss_config) for p in preds]
+            targets = query_targets(samples, inp)
+            parts = [
+                set_loss_3d(p, inp.valid, gt_boxes, gt_labels, loss_config, targets) for p in preds
+            ]
             loss3d = torch.stack([p["loss_3d"] for p in parts]).mean()
             loss = total_loss(loss3d, 0.0, loss_config)
             opt.zero_grad(set_to_none=True)
@@ -218,7 +221,7 @@ def train_mv2d(
             value = distributed.all_reduce_mean(float(loss3d.detach()), info)
             history.append(value)
             bar.update(1)
-            bar.set_postfix(loss3d=f"{value:.3f}", reg=f"{float(parts[-1]['reg']):.3f}")
+            bar.set_postfix(loss3d=f"{value:.3f}", reg=f"{float(parts[-1]['reg'].detach()):.3f}")
             if step % config.ckpt_every == 0:
                 save()
             if config.time_budget_s and step - start_step == probe:
