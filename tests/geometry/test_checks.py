@@ -93,3 +93,38 @@ def test_check_rigid_refusals(edit, what: str) -> None:  # type: ignore[no-untyp
     edit(T)
     with pytest.raises(ValueError, match=what):
         check_rigid(T, "T_cam_from_ct")
+
+
+def test_promote_to_common_float_dtype() -> None:
+    from mvxray.geometry._checks import promote
+
+    a, b = promote(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
+    assert a.dtype == b.dtype == torch.float64
+    (c,) = promote(torch.zeros(2, dtype=torch.long))
+    assert c.dtype == torch.get_default_dtype()
+
+
+def test_float32_detections_with_a_float64_rig() -> None:
+    from mvxray.geometry import (
+        Rig,
+        backproject_pixels,
+        epipolar_distance,
+        frustum_boxes,
+        fundamental_matrix,
+        lift_pixels,
+        triangulate,
+    )
+
+    rig = Rig.seed(size=64)
+    X = torch.tensor([[3.0, -4.0, 5.0]], dtype=torch.float64)
+    uv32 = rig.project(X)[0].float()
+    res = triangulate(uv32, rig.K, rig.T_cam_from_ct)
+    assert res.points.dtype == torch.float64 and torch.allclose(res.points, X, atol=1e-3)
+    assert backproject_pixels(uv32, rig.K, rig.T_cam_from_ct)[1].dtype == torch.float64
+    assert lift_pixels(uv32, torch.tensor([300.0]), rig.K, rig.T_cam_from_ct).dtype == torch.float64
+    F = fundamental_matrix(rig.K[0], rig.T_cam_from_ct[0], rig.K[1], rig.T_cam_from_ct[1])
+    assert epipolar_distance(uv32[0], uv32[1], F).max() < 1e-3
+    box = torch.cat([uv32[0] - 1, uv32[0] + 1], -1)
+    assert frustum_boxes(
+        box, rig.K[0], rig.T_cam_from_ct[0], rig.K[1], rig.T_cam_from_ct[1], 100.0, 500.0
+    )[1].all()

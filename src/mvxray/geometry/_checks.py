@@ -97,3 +97,20 @@ def check_rigid(T: torch.Tensor, name: str, atol: float = 1e-4) -> None:
             f"{name}: not a rigid transform (rotation block is not orthonormal with det +1; "
             f"max |R R^T - I| = {float(ortho):.2e})"
         )
+
+
+def promote(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Cast tensors to their common floating dtype (e.g. float32 detections with a float64 rig).
+
+    Integer-only inputs become the default float dtype.
+
+    Example:
+        >>> [t.dtype for t in promote(torch.zeros(2), torch.zeros(2, dtype=torch.float64))]
+        [torch.float64, torch.float64]
+    """
+    dtype = xs[0].dtype
+    for x in xs[1:]:
+        dtype = torch.promote_types(dtype, x.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    return tuple(x.to(dtype) for x in xs)

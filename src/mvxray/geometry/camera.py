@@ -13,7 +13,13 @@ import math
 
 import torch
 
-from mvxray.geometry._checks import ShapeError, check_finite, check_intrinsics, check_shape
+from mvxray.geometry._checks import (
+    ShapeError,
+    check_finite,
+    check_intrinsics,
+    check_shape,
+    promote,
+)
 
 _EPS = 1e-9
 
@@ -168,6 +174,7 @@ def backproject_pixels(
     check_shape(uv, "uv", (None, 2))
     check_intrinsics(K)
     check_shape(T_cam_from_ct, "T_cam_from_ct", (4, 4))
+    uv, K, T_cam_from_ct = promote(uv, K, T_cam_from_ct)
     ones = torch.ones_like(uv[..., :1])
     pix_h = torch.cat([uv, ones], dim=-1)  # (*, V, N, 3)
     d_cam = pix_h @ torch.linalg.inv(K).transpose(-1, -2)
@@ -204,6 +211,7 @@ def unproject_points(
             f"depth: expected a shape broadcastable to {tuple(uv.shape[:-1])} (uv without its "
             f"last dim), found {tuple(depth.shape)}"
         ) from None
+    uv, depth, K, T_cam_from_ct = promote(uv, depth, K, T_cam_from_ct)
     ones = torch.ones_like(uv[..., :1])
     x_cam = (torch.cat([uv, ones], -1) @ torch.linalg.inv(K).transpose(-1, -2)) * depth.unsqueeze(
         -1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from kornia.geometry.epipolar import fundamental_from_projections
 
-from mvxray.geometry._checks import check_shape
+from mvxray.geometry._checks import check_shape, promote
 from mvxray.geometry.camera import projection_matrix
 
 
@@ -59,6 +59,7 @@ def epipolar_lines(uv_a: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
     """
     check_shape(uv_a, "uv_a", (None, 2))
     check_shape(F, "F", (3, 3))
+    uv_a, F = promote(uv_a, F)
     x = torch.cat([uv_a, torch.ones_like(uv_a[..., :1])], dim=-1)
     lines = x @ F.transpose(-1, -2)
     norm = lines[..., :2].norm(dim=-1, keepdim=True)
@@ -80,7 +81,10 @@ def epipolar_distance(
     Returns:
         ``(*, N)`` unsigned distances, px.
     """
+    check_shape(uv_a, "uv_a", (None, 2))
     check_shape(uv_b, "uv_b", (None, 2))
+    check_shape(F, "F", (3, 3))
+    uv_a, uv_b, F = promote(uv_a, uv_b, F)
     x_b = torch.cat([uv_b, torch.ones_like(uv_b[..., :1])], dim=-1)
     d_b = (epipolar_lines(uv_a, F) * x_b).sum(-1).abs()
     if not symmetric:
@@ -104,7 +108,10 @@ def epipolar_distance_matrix(
         >>> epipolar_distance_matrix(torch.tensor([[5.0, 2.0]]), torch.tensor([[9.0, 2.0], [1.0, 5.0]]), F)
         tensor([[0., 3.]])
     """
+    check_shape(uv_a, "uv_a", (None, 2))
     check_shape(uv_b, "uv_b", (None, 2))
+    check_shape(F, "F", (3, 3))
+    uv_a, uv_b, F = promote(uv_a, uv_b, F)
     x_b = torch.cat([uv_b, torch.ones_like(uv_b[..., :1])], dim=-1)
     d_b = epipolar_lines(uv_a, F) @ x_b.transpose(-1, -2)  # (*, N, M)
     if not symmetric:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from mvxray.geometry._checks import ShapeError, check_intrinsics, check_shape
+from mvxray.geometry._checks import ShapeError, check_intrinsics, check_shape, promote
 
 #: Depth-bin spacings: ``"uniform"`` (equal widths) and ``"lid"`` (linear-increasing, PETR).
 DEPTH_MODES = ("uniform", "lid")
@@ -119,6 +119,7 @@ def lift_pixels(
     check_shape(T_cam_from_ct, "T_cam_from_ct", (None, 4, 4))
     if depths.dim() != 1:
         check_shape(depths, "depths", (*uv.shape[-3:-1], None))
+    uv, depths, K, T_cam_from_ct = promote(uv, depths, K, T_cam_from_ct)
     ones = torch.ones_like(uv[..., :1])
     rays_cam = torch.cat([uv, ones], dim=-1) @ torch.linalg.inv(K).transpose(-1, -2)  # z = 1
     R = T_cam_from_ct[..., :3, :3]
@@ -210,6 +211,7 @@ def normalize_to_roi(
     """
     check_shape(points_ct, "points_ct", (3,))
     check_shape(roi_ct, "roi_ct", (6,))
+    points_ct, roi_ct = promote(points_ct, roi_ct)
     lo, size = roi_ct[..., :3], roi_ct[..., 3:] - roi_ct[..., :3]
     if bool((size <= 0).any()):
         raise ValueError(f"roi_ct: expected max > min on every axis, found {roi_ct.tolist()}")

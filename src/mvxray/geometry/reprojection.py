@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from mvxray.geometry._checks import check_intrinsics, check_shape
+from mvxray.geometry._checks import check_intrinsics, check_shape, promote
 from mvxray.geometry.boxes import box_iou_2d, project_boxes3d
 from mvxray.geometry.camera import project_points
 
@@ -172,6 +172,7 @@ def frustum_boxes(
     check_intrinsics(K_b, "K_b")
     check_shape(T_a, "T_a", (4, 4))
     check_shape(T_b, "T_b", (4, 4))
+    boxes_a, K_a, T_a, K_b, T_b = promote(boxes_a, K_a, T_a, K_b, T_b)
     near = torch.as_tensor(near_mm, dtype=boxes_a.dtype, device=boxes_a.device)
     far = torch.as_tensor(far_mm, dtype=boxes_a.dtype, device=boxes_a.device)
     if bool((near < 0).any()) or bool((far <= near).any()):

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from mvxray.geometry._checks import ShapeError, check_intrinsics, check_shape
+from mvxray.geometry._checks import ShapeError, check_intrinsics, check_shape, promote
 from mvxray.geometry.camera import project_points
 
 
@@ -139,6 +139,7 @@ def triangulate(
         (True, [False], [10])
     """
     w = _check_inputs(uv, K, T_cam_from_ct, weights, valid)
+    uv, K, T_cam_from_ct, w = promote(uv, K, T_cam_from_ct, w)
     used = w > 0
     uv = torch.where(used.unsqueeze(-1), uv, torch.zeros_like(uv))
     x = _rays_normalized(uv, K)  # (*, V, N, 3)
@@ -226,6 +227,7 @@ def triangulate_robust(
         (True, 9)
     """
     w = _check_inputs(uv, K, T_cam_from_ct, weights, valid)
+    uv, K, T_cam_from_ct, w = promote(uv, K, T_cam_from_ct, w)
     used = w > 0
     V = uv.shape[-3]
     if V < 2:
@@ -290,6 +292,7 @@ def closest_point_of_rays(
     """
     check_shape(origins, "origins", (None, 3))
     check_shape(directions, "directions", (None, 3))
+    origins, directions = promote(origins, directions)
     d = directions / directions.norm(dim=-1, keepdim=True)
     w = torch.ones_like(d[..., 0]) if weights is None else weights.to(d.dtype)
     eye = torch.eye(3, dtype=d.dtype, device=d.device)
