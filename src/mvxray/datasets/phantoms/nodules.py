@@ -23,34 +23,42 @@ from mvxray.geometry import transform_points
 
 
 def lung_mask_from_hu(
-    volume: Volume, threshold_hu: float = -400.0, min_ml: float = 50.0
+    volume: Volume, threshold_hu: float = -400.0, min_ml: float = 50.0, min_share: float = 0.2
 ) -> torch.Tensor:
-    """Lungs of any chest CT by HU: air-like components not touching the border, holes filled.
+    """Lungs of any chest CT by HU: large air-like components inside the body, holes filled.
+
+    Air-like voxels (< ``threshold_hu``) are split into connected components; those touching a
+    side face of the volume (outside air) are dropped — the faces across the patient's long
+    axis (the array axis closest to CT Z) are allowed, since a scan may cut the lungs. Kept:
+    components of at least ``min_ml`` and ``min_share`` of the largest (drops bowel gas).
+    Vessels are included by filling 2D holes in each axial slice.
 
     Args:
         volume: HU volume.
         threshold_hu: voxels below are air-like.
         min_ml: smallest component kept, millilitres.
+        min_share: smallest component kept, as a fraction of the largest.
 
     Returns:
         ``(I, J, K)`` bool lung mask (vessels inside the lungs included).
     """
     from scipy import ndimage
 
+    D = volume.T_ct_from_voxel[:3, :3] / volume.spacing_mm
+    long_axis = int(D[2].abs().argmax())
     low = (volume.data < threshold_hu).cpu().numpy()
     comp, n = ndimage.label(low)
-    border = np.unique(
-        np.concatenate(
-            [comp[[0, -1]].ravel(), comp[:, [0, -1]].ravel(), comp[:, :, [0, -1]].ravel()]
-        )
-    )
+    faces = [np.take(comp, [0, -1], axis=a).ravel() for a in range(3) if a != long_axis]
+    border = np.unique(np.concatenate(faces))
     sizes = np.bincount(comp.ravel(), minlength=n + 1) * float(volume.spacing_mm.prod()) / 1000.0
-    keep = sizes >= min_ml
-    keep[0] = False
-    keep[border] = False
+    sizes[0] = 0.0
+    sizes[border] = 0.0
+    keep = (sizes >= min_ml) & (sizes >= min_share * sizes.max())
     mask = keep[comp]
-    for k in range(mask.shape[2]):  # fill vessels slice by slice (2D holes)
-        mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+    for k in range(mask.shape[long_axis]):  # fill vessels slice by slice (2D holes)
+        sl = [slice(None)] * 3
+        sl[long_axis] = k
+        mask[tuple(sl)] = ndimage.binary_fill_holes(mask[tuple(sl)])
     return torch.from_numpy(mask)
 
 
