@@ -122,3 +122,25 @@ def test_check_scan_grid_refuses_other_series(pl) -> None:
         lidc.check_scan_grid(scan, small)
     with pytest.raises(ValueError, match="no LIDC scan"):
         lidc.scan_nodule_masks("LIDC-IDRI-9999", T)
+
+
+def test_scan_nodules_label_map_and_boxes(pl) -> None:
+    scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == "LIDC-IDRI-0957").first()
+    nz = len(scan.slice_zvals)  # 65 slices: the smallest LIDC scan with nodules
+    sp = (scan.pixel_spacing, scan.pixel_spacing, scan.slice_spacing)
+    T = T_ct_from_voxel((512, 512, nz), sp)
+    volume = Volume(torch.zeros(1, 1, 1).expand(512, 512, nz), T)  # stands in for load_dicom
+    volume.meta["slice_positions_mm"] = list(scan.slice_zvals)
+    case = lidc.scan_nodules(scan, clevel=0.5, volume=volume)
+    ref = lidc.scan_nodule_masks(scan, T, clevel=0.5)
+    M = len(ref)
+    assert M >= 1 and case.boxes3d.shape == (M, 6)
+    assert case.labels.tolist() == [0] * M
+    for m, nod in enumerate(ref, start=1):
+        # The label map holds each consensus mask at its offset, and the box is its extent.
+        i, j, k = nod["offset"].tolist()
+        a, b, c = nod["mask"].shape
+        assert torch.equal(case.volume.labels[i : i + a, j : j + b, k : k + c] == m, nod["mask"])
+        assert case.boxes3d[m - 1].tolist() == pytest.approx(nod["box3d"].tolist())
+    assert int((case.volume.labels > 0).sum()) == sum(int(n["mask"].sum()) for n in ref)
+    assert case.meta["patient_id"] == "LIDC-IDRI-0957"

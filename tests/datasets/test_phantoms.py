@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 from mvxray.datasets.base import Volume
@@ -323,3 +325,29 @@ def test_chest_case_on_a_user_host(small_lib: NoduleLibrary) -> None:
     h = chest_host(1.5)
     h.data.fill_(0.0)
     assert chest_host(1.5).data.min().item() == -1024.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    perm=st.permutations([0, 1, 2]),
+    signs=st.tuples(*[st.sampled_from([-1.0, 1.0])] * 3),
+    spacing=st.tuples(*[st.floats(0.3, 3.0)] * 3),
+)
+def test_boxes_from_labels_contain_every_voxel_cube(seed, perm, signs, spacing) -> None:
+    g = torch.Generator().manual_seed(seed)
+    lab = (torch.rand(6, 5, 4, generator=g) > 0.8).long()
+    lab[2, 2, 2] = 1
+    D = torch.zeros(3, 3, dtype=torch.float64)
+    for a, (w, sgn) in enumerate(zip(perm, signs, strict=True)):
+        D[w, a] = sgn
+    T = T_ct_from_voxel((6, 5, 4), spacing, D)
+    box = boxes_from_labels(lab, T, 1)[0]
+    offsets = torch.tensor(
+        [[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)],
+        dtype=torch.float64,
+    )
+    corners = (lab.nonzero().double()[:, None, :] + offsets).reshape(-1, 3)
+    pts = voxel_to_ct(corners, T)
+    assert box[:3].tolist() == pytest.approx(pts.min(0).values.tolist())
+    assert box[3:].tolist() == pytest.approx(pts.max(0).values.tolist())
