@@ -48,7 +48,7 @@ _EXPORTS: dict[str, str] = {
     # generation
     "GenerateConfig": "generate",
     "case_seed": "generate",
-    "generate": "generate",
+    "generate_dataset": "generate:generate",  # the module is mvxray.datasets.generate
     # CT in and phantoms (the phantoms engineer's modules)
     "load_ct": "ct",
     "load_dicom": "ct",
@@ -67,8 +67,9 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'mvxray.datasets' has no attribute {name!r}")
-    module = importlib.import_module(f"mvxray.datasets.{_EXPORTS[name]}")
-    value = getattr(module, name)
+    module_name, _, attr = _EXPORTS[name].partition(":")
+    module = importlib.import_module(f"mvxray.datasets.{module_name}")
+    value = getattr(module, attr or name)
     globals()[name] = value
     return value
 
