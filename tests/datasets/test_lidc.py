@@ -144,3 +144,15 @@ def test_scan_nodules_label_map_and_boxes(pl) -> None:
         assert case.boxes3d[m - 1].tolist() == pytest.approx(nod["box3d"].tolist())
     assert int((case.volume.labels > 0).sum()) == sum(int(n["mask"].sum()) for n in ref)
     assert case.meta["patient_id"] == "LIDC-IDRI-0957"
+
+
+def test_precompute_caches_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MVXRAY_CACHE", str(tmp_path))
+    lidc._mask_by_id.cache_clear()
+    lib = lidc.NoduleLibrary(annotation_ids=[2, 3])
+    lib.precompute(progress=False)
+    assert sorted(p.name for p in (tmp_path / "lidc_masks_v2").iterdir()) == ["2.npy", "3.npy"]
+    lidc._mask_by_id.cache_clear()
+    assert torch.equal(
+        lib.get(0).mask, torch.from_numpy(np.load(tmp_path / "lidc_masks_v2" / "2.npy"))
+    )

