@@ -108,8 +108,14 @@ def bead_errors(img: torch.Tensor, rig: Rig, centres: torch.Tensor, R: int) -> t
     return errs
 
 
-@pytest.mark.parametrize("backend", ["nanodrr", "diffdrr"])
-@pytest.mark.parametrize("rig_name", list(_rigs()))
+CASES = [
+    pytest.param(r, b, marks=[pytest.mark.slow] if (r, b) == ("seed_128", "diffdrr") else [])
+    for r in _rigs()
+    for b in ("nanodrr", "diffdrr")
+]  # Siddon through 10 views of 128² px takes ~5–13 s: slow
+
+
+@pytest.mark.parametrize(("rig_name", "backend"), CASES)
 def test_beads_project_where_geometry_says(rig_name: str, backend: str) -> None:
     rig, spacing = _rigs()[rig_name]
     centres, R = _beads(rig, spacing, seed=len(rig_name))
