@@ -68,7 +68,7 @@ def load_nifti(path: str | Path, labels: str | Path | None = None) -> Volume:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: NIfTI file not found: {path}")
-    img = nib.load(str(path))
+    img: Any = nib.load(str(path))  # a Nifti1/2Image (typed as FileBasedImage)
     data = np.asarray(img.dataobj, dtype=np.float32)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -78,7 +78,7 @@ def load_nifti(path: str | Path, labels: str | Path | None = None) -> Volume:
     spacing, D = _split_direction(A_lps, str(path))
     lab = None
     if labels is not None:
-        limg = nib.load(str(labels))
+        limg: Any = nib.load(str(labels))
         larr = np.asarray(limg.dataobj)
         while larr.ndim > 3 and larr.shape[-1] == 1:
             larr = larr[..., 0]

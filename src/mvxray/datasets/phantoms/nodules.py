@@ -56,7 +56,7 @@ def lung_mask_from_hu(
     keep = (sizes >= min_ml) & (sizes >= min_share * sizes.max())
     mask = keep[comp]
     for k in range(mask.shape[long_axis]):  # fill vessels slice by slice (2D holes)
-        sl = [slice(None)] * 3
+        sl: list[slice | int] = [slice(None)] * 3
         sl[long_axis] = k
         mask[tuple(sl)] = ndimage.binary_fill_holes(mask[tuple(sl)])
     return torch.from_numpy(mask)
