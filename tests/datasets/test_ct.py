@@ -324,3 +324,36 @@ def test_multiframe_refused(tmp_path: Path) -> None:
     ds.save_as(tmp_path / "mf" / "s000.dcm")
     with pytest.raises(DicomError, match=r"s000\.dcm: PixelData has shape \(2, 8, 6\)"):
         load_dicom(tmp_path / "mf")
+
+
+def test_gantry_tilt_refused(tmp_path: Path) -> None:
+    # Slices step along Z but are shifted in Y (a tilted gantry): not along the normal.
+    folder = tmp_path / "tilt"
+    folder.mkdir()
+    uid = generate_uid()
+    for k in range(3):
+        pos = np.array([0.0, 0.5 * k, 2.0 * k])
+        _slice(folder / f"s{k:03d}.dcm", np.zeros((ROWS, COLS)), pos, np.r_[1, 0, 0, 0, 1, 0], uid)
+    with pytest.raises(
+        DicomError, match=r"s002\.dcm: ImagePositionPatient is not along the slice normal"
+    ):
+        load_dicom(folder)
+
+
+def test_inconsistent_size_and_pixel_spacing(tmp_path: Path) -> None:
+    px, _ = _series(tmp_path / "r", n=2)
+    uid = load_dicom(tmp_path / "r").meta["series_uid"]
+    iop = np.r_[1, 0, 0, 0, 1, 0]
+    _slice(tmp_path / "r" / "s009.dcm", np.zeros((4, 4)), np.array([-10.0, 20.0, 33.0]), iop, uid)
+    with pytest.raises(DicomError, match=r"s009\.dcm: Rows/Columns \(4, 4\) differ"):
+        load_dicom(tmp_path / "r")
+    _slice(
+        tmp_path / "r" / "s009.dcm",
+        px[0],
+        np.array([-10.0, 20.0, 33.0]),
+        iop,
+        uid,
+        spacing=(0.5, 0.5),
+    )
+    with pytest.raises(DicomError, match=r"s009\.dcm: PixelSpacing \[0\.5, 0\.5\] differs"):
+        load_dicom(tmp_path / "r")

@@ -205,7 +205,7 @@ def load_dicom(
             )
         if np.abs(np.asarray(ds.PixelSpacing, dtype=np.float64) - ps0).max() > 1e-4:
             raise DicomError(
-                f"{f.name}: PixelSpacing {list(ds.PixelSpacing)} differs from {f0.name}'s {ps0.tolist()}"
+                f"{f.name}: PixelSpacing {[float(x) for x in ds.PixelSpacing]} differs from {f0.name}'s {ps0.tolist()}"
             )
         positions.append(np.asarray(ds.ImagePositionPatient, dtype=np.float64))
     if len(series) < 2:

