@@ -162,6 +162,26 @@ def make_phantom(config: GenerateConfig, seed: int):
     return case
 
 
+def volume_box(volume) -> torch.Tensor:
+    """``(6,)`` CT mm box enclosing the volume's voxels (their outer faces, not centres).
+
+    Example:
+        >>> from mvxray.datasets.base import Volume
+        >>> from mvxray.geometry import T_ct_from_voxel
+        >>> volume_box(Volume(torch.zeros(4, 6, 8), T_ct_from_voxel((4, 6, 8), (1.0, 2.0, 0.5)))).tolist()
+        [-2.0, -6.0, -2.0, 2.0, 6.0, 2.0]
+    """
+    from mvxray.geometry import voxel_to_ct
+
+    n = torch.tensor(volume.data.shape, dtype=torch.float64)
+    corners = (
+        torch.tensor([[(c >> a) & 1 for a in range(3)] for c in range(8)], dtype=torch.float64) * n
+        - 0.5
+    )
+    pts = voxel_to_ct(corners, volume.T_ct_from_voxel.to(torch.float64))
+    return torch.cat([pts.amin(0), pts.amax(0)])
+
+
 def render_one(config: GenerateConfig, index: int) -> str:
     """Render and write case ``index`` (skipped if complete); returns its folder name."""
     from mvxray.datasets.phantoms import CLASSES
@@ -190,6 +210,7 @@ def render_one(config: GenerateConfig, index: int) -> str:
         "rig_preset": config.preset,
         "backend": config.backend,
         "size_px": config.size,
+        "volume_box_ct_mm": volume_box(case.volume).tolist(),
         "intensity": "line integral of mu (1/mm) = mu_water * max(0, 1 + HU/1000), mu_water 0.0192",
     }
     sample = MultiViewSample(
