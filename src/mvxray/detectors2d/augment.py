@@ -99,15 +99,21 @@ def photometric(image: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torc
     return x
 
 
-def augment_view(
+def random_flip_rotate(
     image: torch.Tensor, boxes: torch.Tensor, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips / quarter turns (boxes follow) and photometric changes of one ``(C, h, w)`` view.
+    """Random horizontal / vertical flips and quarter turns (boxes follow) of a ``(C, h, w)`` view.
 
     Quarter turns are only drawn for square images, so batches keep one shape.
     """
     h, w = image.shape[-2:]
     hflip, vflip = _u(g) < 0.5, _u(g) < 0.5
     rot = int(torch.randint(4, (1,), generator=g)) if h == w else 0
-    image, boxes = flip_rotate(image, boxes, hflip, vflip, rot)
-    return photometric(image, g), boxes
+    return flip_rotate(image, boxes, hflip, vflip, rot)
+
+
+def augment_view(
+    image: torch.Tensor, boxes: torch.Tensor, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`photometric` then :func:`random_flip_rotate` of one ``(1, h, w)`` raw view."""
+    return random_flip_rotate(photometric(image, g), boxes, g)

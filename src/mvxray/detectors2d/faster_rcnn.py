@@ -224,8 +224,12 @@ class FasterRCNNDetector:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ the torchvision adapter
-    def _inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """``(B, 1, H, W)`` raw → ``(B, 3, h, w)`` network input and the scale h / H."""
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Raw full ``(B, 1, H, W)`` views → ``(B, 3, h, w)`` network channels and the scale h / H.
+
+        Normalization needs the whole view (a crop's percentiles differ), so training crops
+        are cut from prepared views (see :mod:`mvxray.detectors2d.train`).
+        """
         check_images(images, channels=1)
         x = xray_channels(images.to(self.device), self.config.bg_sigma_frac)
         size = self.config.input_size
@@ -235,25 +239,24 @@ class FasterRCNNDetector:
             raise ValueError(
                 f"input_size={size} needs square views, found {tuple(images.shape[-2:])}"
             )
-        return F.interpolate(
-            x, size=(size, size), mode="bilinear", align_corners=False
-        ), size / images.shape[-1]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x, size / images.shape[-1]
 
     @staticmethod
-    def _targets(boxes: list[torch.Tensor], scale: float) -> list[dict[str, torch.Tensor]]:
+    def _targets(boxes: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """mvxray boxes (px, class 0) → torchvision target dicts (class 1, 0 = background)."""
         return [
             {
-                "boxes": b.float().reshape(-1, 4) * scale,
+                "boxes": b.float().reshape(-1, 4),
                 "labels": torch.ones(len(b), dtype=torch.long, device=b.device),
             }
             for b in boxes
         ]
 
-    def training_loss(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Sum of RPN and RoI-head losses for raw ``(B, 1, h, w)`` views and ``(N_b, 4)`` px boxes."""
-        x, scale = self._inputs(images)
-        losses = self.model(list(x), self._targets([b.to(x.device) for b in boxes], scale))
+    def training_loss(self, x: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Sum of RPN and RoI-head losses for :meth:`prepare`-d ``(B, 3, h, w)`` inputs (or crops
+        of them) and their ``(N_b, 4)`` px boxes in the same pixels."""
+        losses = self.model(list(x), self._targets([b.to(x.device) for b in boxes]))
         return sum(losses.values())  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -272,7 +275,7 @@ class FasterRCNNDetector:
     def _predict(self, images: torch.Tensor) -> list[Detections2D]:
         out = []
         for chunk in images.split(self.config.batch_size):
-            x, scale = self._inputs(chunk)
+            x, scale = self.prepare(chunk)
             for r in self.model(list(x)):
                 out.append(
                     Detections2D(
@@ -287,7 +290,7 @@ class FasterRCNNDetector:
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
         """FPN maps ``{name: (V, 256, H/s, W/s)}`` and their strides ``{name: s}`` (px of ``images``)."""
-        x, _ = self._inputs(images)
+        x, _ = self.prepare(images)
         feats = self.model.backbone(x)
         H = images.shape[-2]
         return feats, {k: round(H / v.shape[-2]) for k, v in feats.items()}

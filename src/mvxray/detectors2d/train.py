@@ -6,8 +6,10 @@ random crops biased towards the indications (small objects need many positive cr
 make a CPU step cheap), atomic checkpoints every ``checkpoint_every`` iterations, ``resume``, a
 progress bar, seeded determinism, CPU by default and CUDA when present.
 
-A detector plugs in by exposing ``module`` (its ``nn.Module``), ``training_loss(images, boxes)``
-(raw ``(B, 1, h, w)`` images and a list of ``(N_b, 4)`` px boxes → scalar loss) and ``save``.
+A detector plugs in by exposing ``module`` (its ``nn.Module``), ``prepare(images)`` (raw full
+``(B, 1, H, W)`` views → network channels and scale: normalization must see the whole view, so
+crops are cut *after* it), ``training_loss(x, boxes)`` (prepared crops and their ``(N_b, 4)`` px
+boxes → scalar loss) and ``save``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from mvxray.detectors2d.augment import augment_view, random_crop
+from mvxray.detectors2d.augment import photometric, random_crop, random_flip_rotate
 from mvxray.detectors2d.checkpoint import atomic_torch_save
 
 
@@ -85,7 +87,9 @@ class TrainableTorchDetector(Protocol):
     @property
     def module(self) -> nn.Module: ...
 
-    def training_loss(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor: ...
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]: ...
+
+    def training_loss(self, x: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor: ...
 
     def save(self, path: str | Path) -> None: ...
 
@@ -123,6 +127,7 @@ def lr_factor(cfg: TrainConfig, it: int, progress: float) -> float:
 
 
 def _batch(
+    detector: TrainableTorchDetector,
     images: list[torch.Tensor],
     boxes: list[torch.Tensor],
     idx: list[int],
@@ -130,15 +135,19 @@ def _batch(
     g: torch.Generator,
     augment: bool,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Prepared (normalized on the *whole* view), augmented, cropped inputs and their boxes."""
     ims, bxs = [], []
-    for i in idx:
-        im, b = images[i], boxes[i]
-        if cfg.crop_px is not None and cfg.crop_px < max(im.shape[-2:]):
-            im, b = random_crop(im, b, cfg.crop_px, cfg.crop_positive, g)
-        if augment:
-            im, b = augment_view(im, b, g)
-        ims.append(im)
-        bxs.append(b)
+    with torch.no_grad():
+        for i in idx:
+            raw = photometric(images[i], g) if augment else images[i]
+            x, scale = detector.prepare(raw[None])
+            im, b = x[0], boxes[i].to(x.device) * scale
+            if cfg.crop_px is not None and cfg.crop_px < max(im.shape[-2:]):
+                im, b = random_crop(im, b, cfg.crop_px, cfg.crop_positive, g)
+            if augment:
+                im, b = random_flip_rotate(im, b, g)
+            ims.append(im)
+            bxs.append(b)
     return torch.stack(ims), bxs
 
 
@@ -177,7 +186,7 @@ def fit_detector(
 
     probe_idx = list(range(min(cfg.batch_size, n)))
     probe = _batch(
-        images, boxes, probe_idx, cfg, torch.Generator().manual_seed(cfg.seed + 1), False
+        detector, images, boxes, probe_idx, cfg, torch.Generator().manual_seed(cfg.seed + 1), False
     )
 
     def probe_loss() -> float:
@@ -251,7 +260,7 @@ def fit_detector(
         if len(order) < cfg.batch_size:
             order += torch.randperm(n, generator=g).tolist()
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        ims, bxs = _batch(images, boxes, idx, cfg, g, cfg.augment)
+        ims, bxs = _batch(detector, images, boxes, idx, cfg, g, cfg.augment)
         loss = detector.training_loss(ims.to(device), [b.to(device) for b in bxs])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train {detector.name}: non-finite loss at iteration {it}")

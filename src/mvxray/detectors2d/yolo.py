@@ -163,28 +163,35 @@ class YoloDetector:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Raw ``(B, 1, H, W)`` → ``(B, 3, h, w)`` input (h, w multiples of 32, zero-padded
-        bottom / right) and the scale h / H."""
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Raw full ``(B, 1, H, W)`` views → ``(B, 3, h, w)`` network channels and the scale h / H.
+
+        Normalization needs the whole view (a crop's percentiles differ), so training crops
+        are cut from prepared views (see :mod:`mvxray.detectors2d.train`).
+        """
         check_images(images, channels=1)
         x = xray_channels(images.to(self.device), self.config.bg_sigma_frac)
-        scale = 1.0
         size = self.config.input_size
-        if size is not None and (size, size) != tuple(images.shape[-2:]):
-            if images.shape[-2] != images.shape[-1]:
-                raise ValueError(
-                    f"input_size={size} needs square views, found {tuple(images.shape[-2:])}"
-                )
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            scale = size / images.shape[-1]
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % 32, 0, -h % 32))
-        return x, scale
+        if size is None or (size, size) == tuple(images.shape[-2:]):
+            return x, 1.0
+        if images.shape[-2] != images.shape[-1]:
+            raise ValueError(
+                f"input_size={size} needs square views, found {tuple(images.shape[-2:])}"
+            )
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x, size / images.shape[-1]
 
-    def training_loss(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """ultralytics' detection loss (box + cls + dfl, × batch size) for raw views and px boxes."""
-        x, scale = self._inputs(images)
-        batch = to_yolo_labels([b * scale for b in boxes], x.shape[-2], x.shape[-1])
+    @staticmethod
+    def _pad(x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad bottom / right to multiples of 32 (YOLO's largest stride)."""
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, -w % 32, 0, -h % 32))
+
+    def training_loss(self, x: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """ultralytics' detection loss (box + cls + dfl, × batch size) for :meth:`prepare`-d
+        ``(B, 3, h, w)`` inputs (or crops of them) and their ``(N_b, 4)`` px boxes."""
+        x = self._pad(x)
+        batch = to_yolo_labels(list(boxes), x.shape[-2], x.shape[-1])
         batch = {k: v.to(x.device) for k, v in batch.items()}
         batch["img"] = x
         loss, _ = self.model.loss(batch)
@@ -202,8 +209,8 @@ class YoloDetector:
         H, W = images.shape[-2:]
         out = []
         for chunk in images.split(c.batch_size):
-            x, scale = self._inputs(chunk)
-            preds = self.model(x)
+            x, scale = self.prepare(chunk)
+            preds = self.model(self._pad(x))
             preds = preds[0] if isinstance(preds, (tuple, list)) else preds
             for r in non_max_suppression(
                 preds, conf_thres=c.score_thresh, iou_thres=c.nms_iou, max_det=c.detections_per_img
