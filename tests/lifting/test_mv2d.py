@@ -131,3 +131,9 @@ def test_query_targets_name_the_object_of_each_detection(rig: Rig) -> None:
     n1 = int(sample.visible2d[:3].sum())
     assert t[1, :n1].tolist() == obj[:n1].tolist()
     assert bool((t[1, n1:] == -1).all())
+
+
+def test_training_with_augmentation_runs(rig: Rig) -> None:
+    cases = [make_scene(rig, 2, s, spread_mm=40.0, blobs=True) for s in range(2)]
+    out = MV2DLifter(**TINY).fit(cases, max_steps=2, batch_size=2, augment=True, progress=False)
+    assert out["steps"] == 2 and out["loss"] > 0

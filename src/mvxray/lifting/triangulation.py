@@ -11,7 +11,6 @@ of 10 views at most 0.2. Works for any rig with V ≥ 2 views.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -136,6 +135,3 @@ class TriangulationLifter:
             sc[order].float().clamp(0, 1).to(device),
             torch.stack(support)[order].to(device),
         )
-
-    def save(self, path: str | Path) -> None:  # pragma: no cover - nothing to save
-        """Nothing to save: the lifter is defined by its config alone."""

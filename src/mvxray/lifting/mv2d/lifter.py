@@ -36,7 +36,7 @@ class MV2DConfig:
     net: MV2DNetConfig = field(default_factory=MV2DNetConfig)
     loss: LossConfig = field(default_factory=lambda: LossConfig(w_one_to_many=1.0))
     score_threshold: float = 0.05
-    nms_frac: float = 0.5
+    nms_frac: float = 1.0
     max_boxes: int = 100
 
     @classmethod

@@ -38,7 +38,9 @@ class MV2DTrainConfig:
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         grad_clip: gradient-norm clip (0 = off).
         box_jitter_frac: std of the noise added to each training box edge, fraction of its size.
-        augment: photometric augmentation (gamma, Gaussian noise, Gaussian blur; p = 0.5 each).
+        augment: seed 000's photometric augmentation and, when training on ground-truth boxes,
+            the exact geometric one (mirror, in-plane rotation, scale with the calibration
+            updated) — :class:`mvxray.datasets.augment.MultiViewAugment`.
         ckpt_every: steps between checkpoints.
         seed: random seed.
         time_budget_s: when set, the run length (and so the cosine schedule) is fitted to this
@@ -71,16 +73,6 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
         return 1 / 3 + (2 / 3) * step / warmup
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-def _augmenter() -> torch.nn.Module:
-    import kornia.augmentation as KA
-
-    return torch.nn.Sequential(
-        KA.RandomGamma((0.7, 1.5), p=0.5),
-        KA.RandomGaussianNoise(std=0.03, p=0.5),
-        KA.RandomGaussianBlur((3, 3), (0.1, 1.0), p=0.5),
-    )
 
 
 def _jitter(dets: list[Detections2D], frac: float, g: torch.Generator) -> list[Detections2D]:
@@ -136,9 +128,7 @@ def train_mv2d(
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed + info.rank)
     # the 2D detector is frozen: detect once per case
-    dets = [
-        detect(train[i]) if detect else detections_from_truth(train[i]) for i in range(len(train))
-    ]
+    dets = [detect(train[i]) for i in range(len(train))] if detect is not None else []
     index = list(range(len(train)))
     sampler = distributed.make_sampler(index, info, shuffle=True, seed=config.seed)  # type: ignore[arg-type]
     loader = DataLoader(
@@ -165,7 +155,12 @@ def train_mv2d(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, history = int(state["step"]), list(state["history"])
-    aug = _augmenter() if config.augment else None
+    aug = None
+    if config.augment:
+        from mvxray.datasets.augment import GeometricConfig, MultiViewAugment
+
+        # a frozen detector's boxes cannot follow an image warp: geometric only on ground truth
+        aug = MultiViewAugment(geometric=GeometricConfig() if detect is None else None)
     device = info.device
     model.train()
     t0 = time.time()
@@ -195,13 +190,14 @@ def train_mv2d(
             if step >= plan["total"]:
                 break
             samples = [train[i] for i in batch]
-            inp = collate(samples, [_jitter(dets[i], config.box_jitter_frac, g) for i in batch])
-            inp = inp.to(device)
             if aug is not None:
-                x = inp.images.flatten(0, 1)
-                lo = x.amin((-2, -1), keepdim=True)
-                x = (x - lo) / (x.amax((-2, -1), keepdim=True) - lo).clamp(min=1e-6)
-                inp.images = aug(x).unflatten(0, inp.images.shape[:2])
+                samples = [aug(s) for s in samples]
+            batch_dets = [
+                detections_from_truth(s) if detect is None else dets[i]
+                for s, i in zip(samples, batch)
+            ]
+            inp = collate(samples, [_jitter(d, config.box_jitter_frac, g) for d in batch_dets])
+            inp = inp.to(device)
             preds, _ = net(inp)
             gt_boxes = [s.boxes3d.float().to(device) for s in samples]
             gt_labels = [s.labels.to(device) for s in samples]
