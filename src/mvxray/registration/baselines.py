@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,21 +186,32 @@ def fit_fixed_landmarks(
     lr: float = 2e-3,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    max_seconds: float | None = None,
 ) -> dict[str, float]:
     """Train the heatmaps: per-landmark softmax over pixels, bilinear soft targets.
+
+    ``max_seconds`` bounds the wall time (the cosine schedule then follows time).
 
     Returns:
         ``{"loss_first", "loss_last", "seconds"}`` (means of the first/last 10 % of steps).
     """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps))
     R, H, W = bank.rig.num_views, bank.rig.height, bank.rig.width
     uv_all, _z_all, vis_all = bank.rig.project(model.landmarks_ct)  # (R, L, 2)
     losses: list[float] = []
     t0 = time.perf_counter()
     model.train()
     for step in range(steps):
+        elapsed = time.perf_counter() - t0
+        progress = step / max(1, steps)
+        if max_seconds is not None:
+            if elapsed > max_seconds:
+                break
+            progress = max(progress, elapsed / max_seconds)
+        scale = progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * progress))
+        for group in opt.param_groups:
+            group["lr"] = lr * max(scale, 0.01)
         idx = torch.randint(R, (batch,), generator=g)
         logits = model(bank.images[idx])  # (B, L, h, w)
         B, L, h, w = logits.shape
@@ -213,7 +225,6 @@ def fit_fixed_landmarks(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
         losses.append(float(loss.detach()))
         if log is not None and (step + 1) % max(1, steps // 10) == 0:
             log(f"fixed-landmark step {step + 1}/{steps} loss {losses[-1]:.3f}")

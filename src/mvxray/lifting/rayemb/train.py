@@ -57,6 +57,7 @@ class TrainConfig:
         augment: photometric augmentation of every view (gamma, scale, noise).
         leave_one_out: every view of a group is a query against the others (else only the
             first), T + 1 supervised queries per encoder pass.
+        max_seconds: stop after this wall time (the cosine schedule follows time then).
     """
 
     steps: int = 400
@@ -69,6 +70,7 @@ class TrainConfig:
     margin_px: float = 4.0
     augment: bool = True
     leave_one_out: bool = True
+    max_seconds: float | None = None
 
 
 def sample_body_points(
@@ -236,15 +238,23 @@ def fit_rayemb(
         axes = _principal_axes(b.rig)
         cosangs.append((axes @ axes.T).clamp(-1, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.1
-    )
     window = max(1, cfg.steps // 10)
     losses: list[float] = []
     errs: list[float] = []
     t0 = time.perf_counter()
     model.train()
     for step in range(cfg.steps):
+        elapsed = time.perf_counter() - t0
+        progress = step / max(1, cfg.steps)
+        if cfg.max_seconds is not None:
+            if elapsed > cfg.max_seconds:
+                break
+            progress = max(progress, elapsed / cfg.max_seconds)
+        # Warm-up over the first 5 %, then cosine to zero; progress is steps or time, whichever
+        # runs out first, so a time budget still ends at a low learning rate.
+        scale = progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * progress))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * max(scale, 0.01)
         opt.zero_grad()
         total = torch.zeros((), device=dev)
         n_used = 0
@@ -281,7 +291,6 @@ def fit_rayemb(
         (total / n_used).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        sched.step()
         losses.append(float(total.detach()) / n_used)
         if log is not None and (step + 1) % window == 0:
             log(
