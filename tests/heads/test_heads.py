@@ -131,7 +131,7 @@ def test_set_loss_gradient_decreases_loss() -> None:
         opt.zero_grad()
         out["loss_3d"].backward()
         opt.step()
-        losses.append(float(out["loss_3d"]))
+        losses.append(float(out["loss_3d"].detach()))
     assert losses[-1] < 0.5 * losses[0]
 
 
