@@ -105,9 +105,14 @@ class RayEmbLifter:
         self.model.save(path, extra={"lifter": "rayemb"})
 
     @classmethod
-    def load(cls, path: str | Path, config: RayEmbLifterConfig | None = None) -> RayEmbLifter:
-        """A lifter around a saved :class:`RayEmbModel`."""
-        return cls(config, RayEmbModel.load(path))
+    def load(
+        cls, path: str | Path, config: RayEmbLifterConfig | None = None, **overrides: Any
+    ) -> RayEmbLifter:
+        """A lifter around a saved :class:`RayEmbModel` (``overrides``: config fields)."""
+        model = RayEmbModel.load(path)
+        if config is None:
+            config = RayEmbLifterConfig(model=model.config, **overrides)
+        return cls(config, model)
 
     # ------------------------------------------------------------------ lifting
     def _candidates(self, rig: Rig, view: int, uv: torch.Tensor) -> torch.Tensor:
