@@ -239,9 +239,14 @@ def fit_detector(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=it, disable=not cfg.progress, desc=f"train {detector.name}")
-    t0 = time.monotonic()
     budget_s = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
+    bar = tqdm(
+        total=total if budget_s is None else None,  # under a time budget: count, no fake ETA
+        initial=it,
+        disable=not cfg.progress,
+        desc=f"train {detector.name}",
+    )
+    t0 = time.monotonic()
     order: list[int] = []
     running = float("nan")
     module.train()
