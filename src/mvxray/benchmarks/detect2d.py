@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data", type=Path, help="an mvxray dataset (default: render the chest phantom)"
     )
     parser.add_argument(
-        "--cases", type=int, default=40, help="phantom cases to render (train + test)"
+        "--cases", type=int, default=24, help="phantom cases to render (train + test)"
     )
     parser.add_argument("--size", type=int, default=256, help="view size, px")
     parser.add_argument(
