@@ -256,7 +256,7 @@ def write_outputs(
     first: tuple[MultiViewSample, list[Detections2D], Lifted3D] | None,
 ) -> None:
     """``summary.json`` (atomic) and, for the first case, the figures and the ``.ply`` scene."""
-    from mvxray.datasets.format import atomic_write_text
+    from mvxray.io import atomic_write_text
     from mvxray.viz import plot_rig_3d, plot_views, write_ply_scene
 
     out.mkdir(parents=True, exist_ok=True)

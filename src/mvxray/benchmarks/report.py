@@ -50,7 +50,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def write_report(out: Path) -> None:
     """Rebuild ``results.md`` and the PNG plots in ``out`` from ``out/results.jsonl``."""
     from mvxray.benchmarks.ablation import read_results
-    from mvxray.datasets.format import atomic_write_text
+    from mvxray.io import atomic_write_text
 
     rows = read_results(out / "results.jsonl")
     text = "# mvxray ablation results\n\n" + markdown_table(rows) + "\n"

