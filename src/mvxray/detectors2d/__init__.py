@@ -17,6 +17,7 @@ from mvxray.detectors2d.checkpoint import read_checkpoint
 from mvxray.detectors2d.classical import LogBlobConfig, LogBlobDetector
 from mvxray.detectors2d.faster_rcnn import FasterRCNNConfig, FasterRCNNDetector
 from mvxray.detectors2d.oracle import OracleConfig, OracleDetector
+from mvxray.detectors2d.train_demo import load_demo_detector
 from mvxray.detectors2d.yolo import YoloConfig, YoloDetector
 
 #: name → detector class; ``DETECTORS[name](**options)`` builds one with its config's options.
@@ -70,5 +71,6 @@ __all__ = [
     "YoloDetector",
     "build",
     "load",
+    "load_demo_detector",
     "predict_sample",
 ]
