@@ -161,3 +161,27 @@ def test_faster_rcnn_exposes_features_for_mv2d():
     # the order of the rois is kept: pooling the first roi alone gives the same features
     alone = det.roi_features(feats, rois[:1], (64, 64))
     assert torch.allclose(alone[0], pooled[0])
+
+
+def test_faster_rcnn_accepts_a_users_state_dict(tmp_path):
+    a = detectors2d.build("faster_rcnn", **TINY["faster_rcnn"])
+    torch.save(a.model.state_dict(), tmp_path / "weights.pth")
+    b = detectors2d.build("faster_rcnn", **TINY["faster_rcnn"])
+    b.load_weights(tmp_path / "weights.pth")
+    images = blob_sample(views=1, size=64).images
+    assert torch.equal(a.predict(images)[0].boxes, b.predict(images)[0].boxes)
+
+
+def test_export_yolo_dataset_writes_normalized_labels(tmp_path):
+    from mvxray.detectors2d.yolo import export_yolo_dataset
+
+    s = blob_sample(views=2, size=64, blobs=1)
+    data = export_yolo_dataset([s], tmp_path)
+    assert "names" in data.read_text()
+    line = (tmp_path / "labels" / "train" / "synthetic0_v00.txt").read_text().split()
+    b = s.boxes2d[0, 0]
+    expect = [(b[0] + b[2]) / 128, (b[1] + b[3]) / 128, (b[2] - b[0]) / 64, (b[3] - b[1]) / 64]
+    assert line[0] == "0" and [float(x) for x in line[1:]] == pytest.approx(
+        [float(e) for e in expect], abs=1e-5
+    )
+    assert (tmp_path / "images" / "train" / "synthetic0_v01.png").is_file()
