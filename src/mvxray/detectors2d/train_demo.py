@@ -51,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="use this dataset instead of rendering")
     parser.add_argument("--out", type=Path, help="output file (default: the package's assets)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the last run (cache/train_demo/last.pt)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -79,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_minutes=args.minutes,
         max_iters=10**9,
         seed=args.seed,
+        resume=args.resume,
         **BENCH_TRAINING["yolo"],
     )
     det.save(out)
