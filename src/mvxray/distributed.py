@@ -103,6 +103,43 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     return float(t.item()) / info.world_size
 
 
+def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every process rank 0's parameters and buffers (same start everywhere)."""
+    if not info.enabled:
+        return
+    for t in module.state_dict().values():
+        dist.broadcast(t, src=0)
+
+
+def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """All-reduce and average the gradients of ``params`` across processes, in one flat buffer.
+
+    This is the synchronization DistributedDataParallel performs after ``backward``; the
+    detector loops call it directly because their losses are methods (ultralytics'
+    ``model.loss``, torchvision's train-mode forward) that DDP's forward hook cannot wrap.
+    """
+    if not info.enabled:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def any_process(flag: bool, info: DistInfo) -> bool:
+    """True if ``flag`` is true on any process (so all stop together, e.g. on a time budget)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for every process."""
     if info.enabled:

@@ -110,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         fit = det.fit(train)
         det.save(args.out / "model.pt")
+    from mvxray.distributed import init_from_env, shutdown
+
+    info = init_from_env(args.device)  # under torchrun, only rank 0 evaluates and writes
+    if not info.is_main:
+        shutdown(info)
+        return 0
     report: dict[str, Any] = {"detector": args.detector, "data": str(args.data), "fit": fit}
     if index.splits.get(args.val_split):
         metrics, infer_s = evaluate_detector(det, MultiViewDataset(args.data, args.val_split))
@@ -117,4 +123,5 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(args.out / "metrics.json", json.dumps(report, indent=1))
     print(json.dumps(report))
     print(f"model: {args.out / 'model.pt'}")
+    shutdown(info)
     return 0

@@ -25,6 +25,12 @@ from torch import nn
 
 from mvxray.detectors2d.augment import photometric, random_crop, random_flip_rotate
 from mvxray.detectors2d.checkpoint import atomic_torch_save
+from mvxray.distributed import (
+    any_process,
+    average_gradients,
+    broadcast_parameters,
+    init_from_env,
+)
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,10 @@ def fit_detector(
         batch (same crops, same RNG) before and after training, steps done, wall time.
     """
     cfg = config or TrainConfig()
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # Under torchrun every process draws the same global batches and trains on its share of
+    # each; gradients are averaged every step (see mvxray.distributed).
+    info = init_from_env(cfg.device)
+    device = info.device
     torch.manual_seed(cfg.seed)
     images, boxes = collect_views(train)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -181,6 +190,7 @@ def fit_detector(
     per_epoch = max(1, n // cfg.batch_size)
     total = cfg.max_iters or cfg.epochs * per_epoch
     module = detector.module.to(device)
+    broadcast_parameters(module, info)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -221,7 +231,7 @@ def fit_detector(
         loss_initial = probe_loss()
 
     def checkpoint() -> None:
-        if last is None:
+        if last is None or not info.is_main:
             return
         atomic_torch_save(
             {
@@ -243,8 +253,8 @@ def fit_detector(
     bar = tqdm(
         total=total if budget_s is None else None,  # under a time budget: count, no fake ETA
         initial=it,
-        disable=not cfg.progress,
-        desc=f"train {detector.name}",
+        disable=not (cfg.progress and info.is_main),
+        desc=f"train {detector.name}" + (f" x{info.world_size} processes" if info.enabled else ""),
     )
     t0 = time.monotonic()
     order: list[int] = []
@@ -252,7 +262,7 @@ def fit_detector(
     module.train()
     while it < total:
         elapsed = elapsed0 + time.monotonic() - t0
-        if budget_s is not None and elapsed > budget_s:
+        if any_process(budget_s is not None and elapsed > budget_s, info):
             break
         # Under a time budget the cosine follows whichever runs out first: iterations or time.
         span = max(1, total - cfg.warmup_iters)
@@ -262,15 +272,17 @@ def fit_detector(
         lr = cfg.lr * lr_factor(cfg, it, progress)
         for group in opt.param_groups:
             group["lr"] = lr
-        if len(order) < cfg.batch_size:
+        step = cfg.batch_size * info.world_size
+        while len(order) < step:
             order += torch.randperm(n, generator=g).tolist()
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        idx, order = order[:step][info.rank :: info.world_size], order[step:]
         ims, bxs = _batch(detector, images, boxes, idx, cfg, g, cfg.augment)
         loss = detector.training_loss(ims.to(device), [b.to(device) for b in bxs])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train {detector.name}: non-finite loss at iteration {it}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(params, info)
         nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         it += 1
@@ -286,7 +298,7 @@ def fit_detector(
     module.eval()
     loss_final = probe_loss()
     module.eval()
-    if out_dir is not None:
+    if out_dir is not None and info.is_main:
         detector.save(out_dir / "model.pt")
     return {
         "loss_initial": float(loss_initial),

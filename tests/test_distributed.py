@@ -1,0 +1,158 @@
+"""Data-parallel training under torchrun: two CPU processes (gloo) stay in lock-step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mvxray.datasets.base import MultiViewSample
+from mvxray.datasets.format import write_case, write_dataset
+from mvxray.distributed import DistInfo, any_process, average_gradients, init_from_env
+from mvxray.geometry import Rig, project_boxes3d
+
+
+def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = init_from_env("cpu")
+    assert info == DistInfo(0, 1, 0, torch.device("cpu"))
+    assert info.is_main and not info.enabled
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.tensor([1.0, 2.0, 3.0])
+    average_gradients([p], info)
+    assert p.grad.tolist() == [1.0, 2.0, 3.0]
+    assert any_process(True, info) and not any_process(False, info)
+
+
+def _blob_dataset(root: Path, cases: int = 2) -> Path:
+    """Bright Gaussian blobs at the projections of random 3D boxes, 64 px, 4 views."""
+    rig = Rig.circular(4, 300.0, 600.0, 64, 64, 12.5)
+    g = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    names = []
+    for c in range(cases):
+        centres = (torch.rand(2, 3, generator=g, dtype=torch.float64) - 0.5) * 100
+        boxes3d = torch.cat([centres - 15, centres + 15], -1)
+        b2d, vis = project_boxes3d(boxes3d, rig.K, rig.T_cam_from_ct, 64, 64)
+        images = 0.1 * torch.rand(4, 1, 64, 64, generator=g)
+        for v in range(4):
+            for b in b2d[v]:
+                cx, cy = float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2
+                images[v, 0] += torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0)
+        sample = MultiViewSample(
+            images, rig, boxes3d, b2d.float(), vis, torch.zeros(2, dtype=torch.long), f"c{c}"
+        )
+        write_case(root / f"c{c}", sample, preview=False)
+        names.append(f"c{c}")
+    write_dataset(root, names, {"train": names, "val": [], "test": []})
+    return root
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from mvxray import detectors2d
+    from mvxray.datasets.torchdata import MultiViewDataset
+    from mvxray.distributed import init_from_env
+    from mvxray.detectors2d.train import TrainConfig
+    torch.set_num_threads(1)
+    data, out = sys.argv[1], sys.argv[2]
+    det = detectors2d.build("faster_rcnn", backbone="resnet18_fpn", strides=(8, 16, 32),
+                            box_batch_size_per_image=32, representation_size=64,
+                            rpn_pre_nms_top_n=(200, 100), rpn_post_nms_top_n=(100, 50))
+    fit = det.fit(list(MultiViewDataset(data, "train")), config=TrainConfig(
+        max_iters=3, batch_size=2, warmup_iters=1, progress=False, augment=False, device="cpu"))
+    info = init_from_env("cpu")
+    flat = torch.cat([p.detach().reshape(-1) for p in det.module.parameters()])
+    json.dump({"rank": info.rank, "world": info.world_size, "sum": float(flat.double().sum()),
+               "first": flat[:8].tolist(), "iterations": fit["iterations"]},
+              open(f"{out}/rank{info.rank}.json", "w"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_in_lock_step(tmp_path: Path) -> None:
+    data = _blob_dataset(tmp_path / "data")
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(data),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert [r["iterations"] for r in ranks] == [3.0, 3.0]
+    # Same start (broadcast) + averaged gradients => identical weights after training,
+    # although each process saw different views.
+    assert ranks[0]["first"] == ranks[1]["first"]
+    assert ranks[0]["sum"] == pytest.approx(ranks[1]["sum"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_train_2d_cli_under_torchrun(tmp_path: Path) -> None:
+    data = _blob_dataset(tmp_path / "data")
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "mvxray.cli",
+            "train-2d",
+            "--data",
+            str(data),
+            "--detector",
+            "faster_rcnn",
+            "--out",
+            str(out),
+            "--iters",
+            "2",
+            "--batch",
+            "2",
+            "--crop",
+            "0",
+            "--warmup",
+            "1",
+            "--option",
+            "backbone=resnet18_fpn",
+            "--option",
+            "representation_size=64",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.pt").is_file()
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["fit"]["iterations"] == 2.0
