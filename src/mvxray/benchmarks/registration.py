@@ -37,12 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bank-reps", type=int, default=12, help="perturbed copies per seed view")
     p.add_argument("--train-seconds", type=float, default=900.0, help="training budget each")
     p.add_argument("--queries-per-view", type=int, default=1)
+    p.add_argument("--query-seed", type=int, default=2, help="seed of the query poses")
     p.add_argument("--limit", type=int, default=None, help="use only the first N queries")
     p.add_argument("--max-rot-deg", type=float, default=10.0)
     p.add_argument("--max-trans-mm", type=float, default=20.0)
     p.add_argument("--model", type=Path, default=None, help="trained RayEmb model (.pt)")
     p.add_argument("--fixed-model", type=Path, default=None, help="trained fixed-landmark model")
     p.add_argument("--intensity-iters", type=int, default=60)
+    p.add_argument("--finetune-seconds", type=float, default=0.0, help="keep training --model")
+    p.add_argument("--passes", type=int, default=3, help="RayEmb registration passes")
+    p.add_argument("--landmarks", type=int, default=400, help="RayEmb 3D landmarks sampled")
+    p.add_argument("--top-k", type=int, default=200, help="most confident matches kept")
+    p.add_argument("--threshold-px", type=float, default=1.5, help="RANSAC inlier threshold")
     p.add_argument("--skip", nargs="*", default=[], help="methods to skip")
     p.add_argument("--refine", action="store_true", help="also RayEmb + intensity refinement")
     p.add_argument("--out", type=Path, default=None, help="write results JSON here")
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         intensity_register,
     )
     from mvxray.registration.metrics import landmark_error_px, mtre, summarize
+    from mvxray.registration.pnp import RansacConfig
     from mvxray.registration.register import RegisterConfig, register_xray
 
     t_start = time.perf_counter()
@@ -126,10 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.save({"images": bank.images, "T": Tb}, bank_path)
     # ---------------------------------------------------------------- models
     train_info: dict[str, Any] = {}
+    seconds = args.train_seconds
     if args.model is not None:
         model = RayEmbModel.load(args.model)
+        seconds = args.finetune_seconds
     else:
         model = RayEmbModel(RayEmbConfig(EncoderConfig(out_stride_log2=1)))
+    if seconds > 0:
         train_info["rayemb"] = fit_rayemb(
             model,
             bank,
@@ -137,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                 steps=100_000,
                 queries_per_step=1,
                 points_per_query=96,
-                max_seconds=args.train_seconds,
-                lr=3e-3,
+                max_seconds=seconds,
+                lr=3e-3 if args.model is None else 1e-3,
             ),
             log=log,
         )
-        model.save(cache / f"rayemb_{tag}.pt")
+        model.save(cache / f"rayemb_{tag}{'_ft' if args.model is not None else ''}.pt")
     log(f"rayemb train: {train_info.get('rayemb', 'loaded')}")
     fixed = None
     if "fixed" not in args.skip:
@@ -164,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         log(f"fixed-landmark train: {train_info.get('fixed', 'loaded')}")
     # ---------------------------------------------------------------- queries
-    gq = torch.Generator().manual_seed(2)
+    gq = torch.Generator().manual_seed(args.query_seed)
     T_init = base.T_cam_from_ct.repeat(args.queries_per_view, 1, 1)
     T_gt = perturb_poses(T_init, args.max_rot_deg, args.max_trans_mm, gq)
     if args.limit is not None:
@@ -180,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         return render_views(coarse, rig)
 
     methods: dict[str, list[dict[str, float]]] = {"initial": []}
-    reg_cfg = RegisterConfig()
+    reg_cfg = RegisterConfig(
+        num_landmarks=args.landmarks,
+        top_k=args.top_k,
+        passes=args.passes,
+        ransac=RansacConfig(threshold_px=args.threshold_px),
+    )
     icfg = IntensityConfig(iterations=args.intensity_iters)
     for q in range(len(T_gt)):
         rec = {"initial": T_init[q]}

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=2.5,
         help="resample the CT to this voxel for templates (0 = keep)",
     )
-    p.add_argument("--passes", type=int, default=2, help="registration passes")
+    p.add_argument("--passes", type=int, default=3, help="registration passes")
     p.add_argument("--landmarks", type=int, default=400, help="3D landmarks sampled")
     p.add_argument("--refine", action="store_true", help="finish with intensity-based refinement")
     p.add_argument("--seed", type=int, default=0)

@@ -50,9 +50,10 @@ class RegisterConfig:
         (0.0, -12.0),
     )
     hu_min: float = 150.0
-    passes: int = 2
+    passes: int = 3
     margin_px: float = 4.0
-    ransac: RansacConfig = field(default_factory=RansacConfig)
+    # 1.5 px at 128 px was best on validation queries (seed 12) of the chest benchmark.
+    ransac: RansacConfig = field(default_factory=lambda: RansacConfig(threshold_px=1.5))
     seed: int = 0
 
 
