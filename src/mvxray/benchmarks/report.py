@@ -68,6 +68,11 @@ def _label(r: dict[str, Any]) -> str:
     return f"{r['detector']}+{r['lifter']} v{r['views']} {r['size']}px{' aug' if r.get('augment') else ''}"
 
 
+def _legend(ax: Any, size: int) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=size)
+
+
 def _plots(rows: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
@@ -84,7 +89,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> None:
     ax.set_xlabel("false positives per case")
     ax.set_ylabel("sensitivity")
     ax.set_title("FROC")
-    ax.legend(fontsize=6)
+    _legend(ax, 6)
     fig.tight_layout()
     fig.savefig(out / "froc.png", dpi=110)
     plt.close(fig)
@@ -95,7 +100,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> None:
             ax.hist(r["center_errors_mm"], bins=20, histtype="step", label=_label(r))
     ax.set_xlabel("centre error of found nodules (mm)")
     ax.set_ylabel("nodules")
-    ax.legend(fontsize=6)
+    _legend(ax, 6)
     fig.tight_layout()
     fig.savefig(out / "errors.png", dpi=110)
     plt.close(fig)
@@ -110,7 +115,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key)
     ax.set_xlabel("number of views")
     ax.set_ylabel("median centre error (mm)")
-    ax.legend(fontsize=7)
+    _legend(ax, 7)
     fig.tight_layout()
     fig.savefig(out / "error_vs_views.png", dpi=110)
     plt.close(fig)
