@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "test": {**metrics, "infer_s_per_view": infer_s},
         "command": "python -m mvxray.detectors2d.train_demo "
-        + " ".join(argv if argv is not None else []),
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     atomic_write_text(out.with_name(DEMO_METRICS), json.dumps(report, indent=1))
     print(json.dumps(report["test"]))
