@@ -22,10 +22,12 @@ from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D, predict_sample
 from mvxray.geometry import box3d_center_size
 from mvxray.lifting.base import Lifted3D
-from mvxray.paths import assets_dir, cache_dir
+from mvxray.paths import cache_dir
 
-#: The detector each phantom's demo uses by default (shipped in ``mvxray/assets``).
-DEMO_DETECTORS = {"chest": "demo_detector_chest.pt", "casting": "demo_detector_casting.pt"}
+#: The detector each phantom's demo uses by default: for the chest the detector mvxray trained
+#: and ships (:mod:`mvxray.detectors2d.train_demo`); pores in metal are high-contrast, so the
+#: casting demo uses the training-free blob detector.
+DEMO_DETECTORS = {"chest": "shipped", "casting": "log_blob"}
 
 
 @dataclass(frozen=True)
@@ -79,22 +81,18 @@ def demo_detector(cfg: DemoConfig) -> Any:
     """The detector of the demo: a name, a checkpoint path, or the shipped one."""
     from mvxray import detectors2d
 
-    if cfg.detector is None:
-        if cfg.phantom not in DEMO_DETECTORS:
-            raise ValueError(
-                f"no shipped detector for phantom {cfg.phantom!r} (have {sorted(DEMO_DETECTORS)}); "
-                "pass --detector NAME|PATH"
-            )
-        path = assets_dir() / DEMO_DETECTORS[cfg.phantom]
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: the shipped demo detector is missing; rebuild it with "
-                "`python -m mvxray.detectors2d.train_demo`"
-            )
-        return detectors2d.load(path)
-    if cfg.detector in detectors2d.DETECTORS:
-        return detectors2d.build(cfg.detector)
-    return detectors2d.load(cfg.detector)
+    name = cfg.detector or DEMO_DETECTORS.get(cfg.phantom)
+    if name is None:
+        raise ValueError(
+            f"no default detector for phantom {cfg.phantom!r}; pass --detector NAME|PATH"
+        )
+    if name == "shipped":
+        from mvxray.detectors2d.train_demo import load_demo_detector
+
+        return load_demo_detector()
+    if name in detectors2d.DETECTORS:
+        return detectors2d.build(name)
+    return detectors2d.load(name)
 
 
 def match_indications(
