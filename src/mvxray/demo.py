@@ -28,6 +28,14 @@ from mvxray.paths import cache_dir
 #: and ships (:mod:`mvxray.detectors2d.train_demo`); pores in metal are high-contrast, so the
 #: casting demo uses the training-free blob detector.
 DEMO_DETECTORS = {"chest": "shipped", "casting": "log_blob"}
+#: Options of the default detector per phantom (pores are voids: darker than the metal).
+DEMO_DETECTOR_OPTIONS: dict[str, dict[str, Any]] = {"casting": {"polarity": "dark"}}
+#: Rig of each phantom's demo: the chest uses seed 000's rig; the 85 mm casting a circular rig
+#: of 10 views with a 240 mm detector (a 120 mm field of view at the isocentre).
+DEMO_RIGS: dict[str, dict[str, Any]] = {
+    "chest": {"preset": "seed"},
+    "casting": {"preset": "circular", "views": 10, "detector_mm": 240.0},
+}
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,12 @@ def demo_data(cfg: DemoConfig) -> Path:
     root = cache_dir() / "demo" / f"{cfg.phantom}-{cfg.size}px-seed{cfg.seed}"
     generate(
         GenerateConfig(
-            out=root, phantom=cfg.phantom, cases=cfg.cases, size=cfg.size, seed=cfg.seed
+            out=root,
+            phantom=cfg.phantom,
+            cases=cfg.cases,
+            size=cfg.size,
+            seed=cfg.seed,
+            **DEMO_RIGS.get(cfg.phantom, {}),
         ),
         progress=cfg.progress,
     )
@@ -91,7 +104,8 @@ def demo_detector(cfg: DemoConfig) -> Any:
 
         return load_demo_detector()
     if name in detectors2d.DETECTORS:
-        return detectors2d.build(name)
+        options = DEMO_DETECTOR_OPTIONS.get(cfg.phantom, {}) if cfg.detector is None else {}
+        return detectors2d.build(name, **options)
     return detectors2d.load(name)
 
 

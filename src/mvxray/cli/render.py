@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="seed",
         help="rig: seed 000's 10 views, or V views on a circle with the seed's geometry",
     )
+    p.add_argument(
+        "--detector-mm",
+        type=float,
+        default=None,
+        help="detector width, mm, of the circular preset (default: the seed's 800 mm)",
+    )
     p.add_argument("--seed", type=int, default=0, help="dataset seed")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="render only cases index %% n == i")
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         views=views,
         size=args.size,
         preset=args.preset,
+        detector_mm=args.detector_mm,
         seed=args.seed,
         workers=args.workers,
         shard=args.shard,

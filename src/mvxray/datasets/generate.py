@@ -54,7 +54,9 @@ class GenerateConfig:
         views: number of views (``preset="seed"`` has 10).
         size: detector size, px (square).
         preset: ``"seed"`` (seed 000's rig, :meth:`Rig.seed`) or ``"circular"`` (V views over 360°
-            with the seed's distances and field of view).
+            with the seed's distances and, unless ``detector_mm`` is set, field of view).
+        detector_mm: detector width, mm, of the circular preset (the seed's is 800 mm; a small
+            industrial part wants a smaller field of view, e.g. 240 mm = 120 mm at the isocentre).
         seed: dataset seed.
         workers: parallel processes.
         shard: ``(i, n)``: render only indices with ``index % n == i``.
@@ -72,6 +74,7 @@ class GenerateConfig:
     views: int = 10
     size: int = 256
     preset: str = "seed"
+    detector_mm: float | None = None
     seed: int = 0
     workers: int = 1
     shard: tuple[int, int] = (0, 1)
@@ -88,6 +91,12 @@ class GenerateConfig:
             raise ValueError(f"cases: expected >= 1, found {self.cases}")
         if self.preset not in PRESETS:
             raise ValueError(f"preset: expected one of {PRESETS}, found {self.preset!r}")
+        if self.preset == "seed" and self.detector_mm is not None:
+            raise ValueError(
+                "detector_mm: the seed preset has an 800 mm detector (use preset 'circular')"
+            )
+        if self.detector_mm is not None and self.detector_mm <= 0:
+            raise ValueError(f"detector_mm: expected > 0, found {self.detector_mm}")
         if self.preset == "seed" and self.views != 10:
             raise ValueError(
                 f"views: the seed preset has 10 views, found {self.views} (use preset 'circular')"
@@ -131,7 +140,7 @@ def make_rig(config: GenerateConfig) -> Rig:
         SEED_SDD_MM,
         config.size,
         config.size,
-        SEED_DETECTOR_MM / config.size,
+        (config.detector_mm or SEED_DETECTOR_MM) / config.size,
     )
 
 
