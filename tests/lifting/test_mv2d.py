@@ -137,3 +137,16 @@ def test_training_with_augmentation_runs(rig: Rig) -> None:
     cases = [make_scene(rig, 2, s, spread_mm=40.0, blobs=True) for s in range(2)]
     out = MV2DLifter(**TINY).fit(cases, max_steps=2, batch_size=2, augment=True, progress=False)
     assert out["steps"] == 2 and out["loss"] > 0
+
+
+def test_time_budget_sizes_the_run(rig: Rig) -> None:
+    import time
+
+    cases = [make_scene(rig, 2, s, blobs=True) for s in range(2)]
+    tiny = {**TINY, "num_layers": 1}
+    t = time.time()
+    out = MV2DLifter(**tiny).fit(
+        cases, epochs=100000, time_budget_s=2.0, augment=False, progress=False
+    )
+    assert out["steps"] > 3  # the budget, not the 100000 epochs, ended the run
+    assert time.time() - t < 10.0

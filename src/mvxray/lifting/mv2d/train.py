@@ -182,7 +182,8 @@ def train_mv2d(
             )
 
     epoch = step // max(per_epoch, 1)
-    start_step, probe = step, 3
+    # the run length is re-fitted to the time budget as the step time becomes known
+    start_step, upper, probes = step, plan["total"], (3, 10, 30, 100, 300, 1000)
     while step < plan["total"]:
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -220,12 +221,14 @@ def train_mv2d(
             bar.set_postfix(loss3d=f"{value:.3f}", reg=f"{float(parts[-1]['reg'].detach()):.3f}")
             if step % config.ckpt_every == 0:
                 save()
-            if config.time_budget_s and step - start_step == probe:
+            done = step - start_step
+            if config.time_budget_s and done in probes:
                 # the same estimate on every process, so they all stop at the same step
-                per_step = distributed.all_reduce_mean((time.time() - t0) / probe, info)
+                per_step = distributed.all_reduce_mean((time.time() - t0) / done, info)
                 fit = start_step + int(config.time_budget_s / max(per_step, 1e-6))
-                plan["total"] = max(step + 1, min(plan["total"], fit))
-                plan["warmup"] = min(config.warmup_iters, plan["total"] // 5)
+                plan["total"] = max(step + 1, min(upper, fit))
+                if done == probes[0]:
+                    plan["warmup"] = min(config.warmup_iters, plan["total"] // 5)
                 bar.total = plan["total"]
         epoch += 1
     bar.close()
