@@ -44,7 +44,7 @@ class GridConfig:
         sizes: image sizes, px (embedded data is rendered at each; ``--data`` fixes the size).
         augment: training with X-ray augmentation on / off (trainable models only).
         phantom: embedded phantom rendered when no dataset is given.
-        cases: cases rendered for the embedded data (split 80/10/10 by case).
+        cases: cases rendered for the embedded data (split 75 % train / 25 % test by case).
         seed: dataset seed (default 1000: the shipped demo detector trained on seed 0's cases).
         train_minutes: wall-time budget of each trained model, minutes.
         detector_options: per detector name, config options.
@@ -57,7 +57,7 @@ class GridConfig:
     sizes: tuple[int, ...] = (256,)
     augment: tuple[bool, ...] = (False,)
     phantom: str = "chest"
-    cases: int = 20
+    cases: int = 24
     seed: int = 1000
     train_minutes: float = 5.0
     detector_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -84,8 +84,8 @@ GRIDS: dict[str, GridConfig] = {
         detectors=("oracle", "log_blob", "demo"),
         lifters=("triangulation", "mv2d"),
         views=(2, 3, 5, 10),
-        cases=20,
-        train_minutes=4.0,
+        cases=24,
+        train_minutes=3.0,
         detector_options={"oracle": {"jitter_px": 1.0, "miss_rate": 0.1, "fp_per_image": 1.0}},
     ),
 }
@@ -161,7 +161,14 @@ class Runner:
         g = self.grid
         root = cache_dir() / "bench" / f"{g.phantom}-{size}px-{g.cases}cases-seed{g.seed}"
         generate(
-            GenerateConfig(out=root, phantom=g.phantom, cases=g.cases, size=size, seed=g.seed),
+            GenerateConfig(
+                out=root,
+                phantom=g.phantom,
+                cases=g.cases,
+                size=size,
+                seed=g.seed,
+                fractions=(0.75, 0.0, 0.25),
+            ),
             progress=self.progress,
         )
         return root
