@@ -16,14 +16,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mvxray.io import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,11 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mvxray.io import atomic_write_json
+
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
     """``["key=value", ...]`` → dict; values are parsed as JSON when they can be (numbers, bools).
@@ -42,16 +44,6 @@ def resolve_detector(spec: str, options: dict[str, Any]) -> Any:
             f"--detector {spec!r}: no such file, and not a detector name ({sorted(detectors2d.DETECTORS)})"
         )
     return detectors2d.load(spec)
-
-
-def atomic_write_json(path: Path, doc: Any) -> None:
-    """Write JSON to a temporary file next to ``path``, then ``os.replace``."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

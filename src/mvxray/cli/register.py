@@ -81,13 +81,11 @@ def _load_geometry(path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import json
-    import os
-    import tempfile
 
     import numpy as np
     import torch
 
+    from mvxray.io import atomic_write_json
     from mvxray.lifting.rayemb.model import RayEmbModel
     from mvxray.registration.register import RegisterConfig, register_xray
 
@@ -136,11 +134,7 @@ def run(args: argparse.Namespace) -> int:
         "landmarks": int(r.points_ct.shape[0]),
         "seconds": seconds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, out, indent=2)
     status = "ok" if r.success else "FAILED (initial pose kept)"
     print(
         f"registration {status}: {out['inliers']}/{out['landmarks']} inliers, {seconds:.1f} s -> {args.out}"

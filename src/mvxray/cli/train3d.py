@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mvxray import lifting
-    from mvxray.cli.lift import atomic_write_json, parse_options, resolve_detector
+    from mvxray.cli.lift import parse_options, resolve_detector
     from mvxray.datasets.torchdata import MultiViewDataset
+    from mvxray.io import atomic_write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)

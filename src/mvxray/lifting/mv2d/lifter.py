@@ -13,10 +13,11 @@ from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D
 from mvxray.geometry._checks import ShapeError
 from mvxray.heads import LossConfig
+from mvxray.io import atomic_torch_save
 from mvxray.lifting.base import Lifted3D
 from mvxray.lifting.mv2d.inputs import collate, detections_from_truth
 from mvxray.lifting.mv2d.model import MV2DNet, MV2DNetConfig
-from mvxray.lifting.mv2d.train import MV2DTrainConfig, atomic_save, train_mv2d
+from mvxray.lifting.mv2d.train import MV2DTrainConfig, train_mv2d
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,9 @@ class MV2DLifter:
     def save(self, path: str | Path) -> None:
         """Write config + weights atomically (one ``torch.save`` file)."""
         state = {k: v.cpu() for k, v in self.model.state_dict().items()}
-        atomic_save({"name": self.name, "config": asdict(self.config), "model": state}, Path(path))
+        atomic_torch_save(
+            {"name": self.name, "config": asdict(self.config), "model": state}, Path(path)
+        )
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> MV2DLifter:

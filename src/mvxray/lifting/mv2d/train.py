@@ -6,7 +6,6 @@ checkpoints with resume, a progress bar, and torchrun/DDP when launched that way
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from mvxray import distributed
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D
 from mvxray.heads import set_loss_3d, total_loss
+from mvxray.io import atomic_torch_save
 from mvxray.lifting.mv2d.inputs import collate, detections_from_truth, query_targets
 
 
@@ -85,14 +85,6 @@ def _jitter(dets: list[Detections2D], frac: float, g: torch.Generator) -> list[D
         b = torch.cat([torch.minimum(b[:, :2], b[:, 2:]), torch.maximum(b[:, :2], b[:, 2:])], 1)
         out.append(Detections2D(b, d.scores, d.labels))
     return out
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_mv2d(
@@ -168,7 +160,7 @@ def train_mv2d(
 
     def save() -> None:
         if ckpt is not None and info.is_main:
-            atomic_save(
+            atomic_torch_save(
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from mvxray.geometry import Rig, check_shape
+from mvxray.io import atomic_torch_save
 from mvxray.lifting.rayemb.encoder import EncoderConfig, build_encoder, normalize_images
 from mvxray.lifting.rayemb.subspace import (
     refine_peaks,
@@ -202,14 +201,7 @@ class RayEmbModel(nn.Module):
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
             "extra": json.dumps(extra or {}),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> RayEmbModel:
