@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from mvxray.benchmarks.detect2d import BENCH_DETECTORS, BENCH_TRAINING, evaluate_detector
     from mvxray.datasets.format import read_dataset
     from mvxray.datasets.torchdata import MultiViewDataset
-    from mvxray.detectors2d.io import atomic_write_text
+    from mvxray.io import atomic_write_text
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,8 +10,6 @@ The layout follows the dataset's ``case.json`` style (plain JSON, px, x1 y1 x2 y
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,24 +17,10 @@ from typing import Any
 import torch
 
 from mvxray.detectors2d.base import Detections2D
+from mvxray.io import atomic_write_text
 
 FORMAT = "mvxray-detections"
 VERSION = 1
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def detections_to_json(

@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from mvxray.detectors2d.augment import photometric, random_crop, random_flip_rotate
-from mvxray.detectors2d.checkpoint import atomic_torch_save
 from mvxray.distributed import (
     any_process,
     average_gradients,
     broadcast_parameters,
     init_from_env,
 )
+from mvxray.io import atomic_torch_save
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         render_phantom_dataset,
     )
     from mvxray.datasets.torchdata import MultiViewDataset
-    from mvxray.detectors2d.io import atomic_write_text
+    from mvxray.io import atomic_write_text
     from mvxray.paths import assets_dir, cache_dir
 
     torch.set_num_threads(args.threads)
