@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
@@ -34,7 +33,11 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from mvxray.detectors2d.base import Detections2D
 from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
-from mvxray.detectors2d.normalize import check_images, has_contrast, xray_channels
+from mvxray.detectors2d.normalize import (
+    TorchDetectorMixin,
+    check_images,
+    has_contrast,
+)
 
 BACKBONES = ("resnet50_fpn", "resnet34_fpn", "resnet18_fpn", "mobilenet_v3")
 
@@ -198,7 +201,7 @@ def build_model(cfg: FasterRCNNConfig) -> FasterRCNN:
     return model
 
 
-class FasterRCNNDetector:
+class FasterRCNNDetector(TorchDetectorMixin):
     """Faster R-CNN on ``(V, 1, H, W)`` X-ray views (any intensity scale).
 
     Example:
@@ -213,34 +216,6 @@ class FasterRCNNDetector:
         self.config = config_from_dict(FasterRCNNConfig, overrides) if config is None else config
         self.model = build_model(self.config)
         self.model.eval()
-
-    @property
-    def module(self) -> nn.Module:
-        """The trainable ``nn.Module``."""
-        return self.model
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    # ------------------------------------------------------------------ the torchvision adapter
-    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Raw full ``(B, 1, H, W)`` views → ``(B, 3, h, w)`` network channels and the scale h / H.
-
-        Normalization needs the whole view (a crop's percentiles differ), so training crops
-        are cut from prepared views (see :mod:`mvxray.detectors2d.train`).
-        """
-        check_images(images, channels=1)
-        x = xray_channels(images.to(self.device), self.config.bg_sigma_frac)
-        size = self.config.input_size
-        if size is None or size == images.shape[-2] == images.shape[-1]:
-            return x, 1.0
-        if images.shape[-2] != images.shape[-1]:
-            raise ValueError(
-                f"input_size={size} needs square views, found {tuple(images.shape[-2:])}"
-            )
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return x, size / images.shape[-1]
 
     @staticmethod
     def _targets(boxes: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:

@@ -13,6 +13,7 @@ higher resolution gets the same filters in millimetres.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from kornia.filters import gaussian_blur2d
@@ -178,3 +179,45 @@ def xray_channels(
     hp = torch.tanh(hp / (4 * _robust_scale(hp)[:, None, None, None]))
     dog = torch.tanh(dog / (4 * _robust_scale(dog)[:, None, None, None]))
     return torch.cat([x, hp, dog], dim=1)
+
+
+class TorchDetectorMixin:
+    """What the learned detectors share: the trainable module, its device, and :meth:`prepare`
+    (per-view normalization to network channels, then the optional explicit resize).
+
+    Needs ``self.model`` (an ``nn.Module``) and ``self.config`` with ``bg_sigma_frac`` and
+    ``input_size``.
+    """
+
+    model: torch.nn.Module
+    config: Any
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The trainable ``nn.Module``."""
+        return self.model
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return next(self.model.parameters()).device
+
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Raw full ``(B, 1, H, W)`` views → ``(B, 3, h, w)`` network channels and the scale h / H.
+
+        Normalization needs the whole view (a crop's percentiles differ), so training crops
+        are cut from prepared views (see :mod:`mvxray.detectors2d.train`).
+        """
+        check_images(images, channels=1)
+        x = xray_channels(images.to(self.device), self.config.bg_sigma_frac)
+        size = self.config.input_size
+        if size is None or (size, size) == tuple(images.shape[-2:]):
+            return x, 1.0
+        if images.shape[-2] != images.shape[-1]:
+            raise ValueError(
+                f"input_size={size} needs square views, found {tuple(images.shape[-2:])}"
+            )
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False
+        )
+        return x, size / images.shape[-1]

@@ -33,7 +33,12 @@ from torch import nn
 
 from mvxray.detectors2d.base import Detections2D
 from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
-from mvxray.detectors2d.normalize import check_images, has_contrast, robust_normalize, xray_channels
+from mvxray.detectors2d.normalize import (
+    TorchDetectorMixin,
+    check_images,
+    has_contrast,
+    robust_normalize,
+)
 from mvxray.paths import cache_dir
 
 
@@ -133,7 +138,7 @@ def build_model(cfg: YoloConfig, yaml: dict[str, Any] | None = None) -> nn.Modul
     return model
 
 
-class YoloDetector:
+class YoloDetector(TorchDetectorMixin):
     """YOLO on ``(V, 1, H, W)`` X-ray views (any intensity scale).
 
     Example:
@@ -153,33 +158,6 @@ class YoloDetector:
         self.config = config_from_dict(YoloConfig, overrides) if config is None else config
         self.model = build_model(self.config, _yaml)
         self.model.eval()
-
-    @property
-    def module(self) -> nn.Module:
-        """The trainable ``nn.Module``."""
-        return self.model
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Raw full ``(B, 1, H, W)`` views → ``(B, 3, h, w)`` network channels and the scale h / H.
-
-        Normalization needs the whole view (a crop's percentiles differ), so training crops
-        are cut from prepared views (see :mod:`mvxray.detectors2d.train`).
-        """
-        check_images(images, channels=1)
-        x = xray_channels(images.to(self.device), self.config.bg_sigma_frac)
-        size = self.config.input_size
-        if size is None or (size, size) == tuple(images.shape[-2:]):
-            return x, 1.0
-        if images.shape[-2] != images.shape[-1]:
-            raise ValueError(
-                f"input_size={size} needs square views, found {tuple(images.shape[-2:])}"
-            )
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return x, size / images.shape[-1]
 
     @staticmethod
     def _pad(x: torch.Tensor) -> torch.Tensor:
