@@ -62,7 +62,7 @@ class DemoConfig:
     seed: int = 9001
     detector: str | None = None
     lifter: str = "triangulation"
-    score_threshold: float = 0.5
+    score_threshold: float = 0.15
     data: Path | None = None
     out: Path | None = None
     progress: bool = True

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--detector", default=None, help="detector name or checkpoint (default: shipped)"
     )
     p.add_argument("--lifter", default="triangulation", help="lifter name")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="minimum 3D box score")
+    p.add_argument(
+        "--score-threshold", type=float, default=0.15, help="minimum 3D box score (operating point)"
+    )
     p.add_argument("--data", type=Path, default=None, help="use this dataset instead of rendering")
     p.add_argument("--out", type=Path, default=None, help="write summary.json and figures here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
