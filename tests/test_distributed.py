@@ -108,6 +108,65 @@ def test_torchrun_two_processes_train_in_lock_step(tmp_path: Path) -> None:
     assert ranks[0]["sum"] == pytest.approx(ranks[1]["sum"], rel=1e-6)
 
 
+LIFTER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from mvxray.datasets.torchdata import MultiViewDataset
+    from mvxray.distributed import init_from_env
+    from mvxray.lifting.mv2d import MV2DLifter
+    from mvxray.lifting.rayemb.encoder import EncoderConfig
+    from mvxray.lifting.rayemb.model import RayEmbConfig, RayEmbModel
+    from mvxray.lifting.rayemb.train import TrainConfig, ViewBank, fit_rayemb
+    torch.set_num_threads(1)
+    data, out = sys.argv[1], sys.argv[2]
+    cases = list(MultiViewDataset(data, "train"))
+    mv2d = MV2DLifter(channels=16, embed_dim=32, num_layers=2, ff_dim=64, num_heads=2, device="cpu")
+    mv2d.fit(cases, max_steps=3, batch_size=1, augment=False, progress=False)
+    g = torch.Generator().manual_seed(0)
+    pts = (torch.rand(256, 3, generator=g, dtype=torch.float64) - 0.5) * 60
+    model = RayEmbModel(RayEmbConfig(EncoderConfig(emb_dim=8, width=4, depth=2), seed=3))
+    fit_rayemb(model, ViewBank(cases[0].images.float(), cases[0].rig, pts),
+               TrainConfig(steps=3, queries_per_step=1, num_templates=2, points_per_query=16,
+                           augment=False, max_template_angle_deg=180.0))
+    info = init_from_env("cpu")
+    flat = lambda m: torch.cat([p.detach().reshape(-1).double() for p in m.parameters()])
+    json.dump({"mv2d": flat(mv2d.model)[:16].tolist(), "rayemb": flat(model)[:16].tolist(),
+               "rank": info.rank}, open(f"{out}/lifters{info.rank}.json", "w"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_lifters_stay_in_lock_step(tmp_path: Path) -> None:
+    data = _blob_dataset(tmp_path / "data")
+    script = tmp_path / "lifters.py"
+    script.write_text(LIFTER_SCRIPT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(data),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"lifters{r}.json").read_text()) for r in (0, 1))
+    assert (r0["rank"], r1["rank"]) == (0, 1)
+    # MV2D (DistributedDataParallel) and RayEmb (averaged gradients): same weights on both
+    # processes although each drew different cases / queries.
+    assert r0["mv2d"] == pytest.approx(r1["mv2d"], rel=1e-6, abs=1e-9)
+    assert r0["rayemb"] == pytest.approx(r1["rayemb"], rel=1e-6, abs=1e-9)
+
+
 @pytest.mark.slow
 def test_train_2d_cli_under_torchrun(tmp_path: Path) -> None:
     data = _blob_dataset(tmp_path / "data")

@@ -147,3 +147,54 @@ def test_errors_are_one_line(dataset: Path, tmp_path: Path, capsys) -> None:
         == 1
     )
     assert "not trainable" in capsys.readouterr().err
+
+
+def test_train3d_rayemb_then_lift(dataset: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "rayemb"
+    rc = main(
+        [
+            "train-3d",
+            "--data",
+            str(dataset),
+            "--detector",
+            "oracle",
+            "--lifter",
+            "rayemb",
+            "--out",
+            str(model_dir),
+            "--no-progress",
+            "--train-opt",
+            "steps=2",
+            "--train-opt",
+            "num_templates=2",
+            "--train-opt",
+            "augment=false",
+            "--train-opt",
+            "points_per_query=16",
+            "--train-opt",
+            "max_template_angle_deg=180",
+        ]
+    )
+    assert rc == 0
+    assert (model_dir / "rayemb.pt").is_file()
+    metrics = json.loads((model_dir / "train_metrics.json").read_text())
+    assert metrics["loss_first"] > 0
+    out = tmp_path / "pred"
+    rc = main(
+        [
+            "lift",
+            "--data",
+            str(dataset),
+            "--detector",
+            "oracle",
+            "--lifter",
+            "rayemb",
+            "--model",
+            str(model_dir / "rayemb.pt"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    assert json.loads((out / "case2.json").read_text())["lifter"] == "rayemb"

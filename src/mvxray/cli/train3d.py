@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
 
 
@@ -24,7 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=24, help="passes over the training cases")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--batch-size", type=int, default=2, help="cases per step")
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: the lifter's; mv2d 2e-4 as the seed)",
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument(
         "--detector-opt", action="append", metavar="KEY=VALUE", help="option of a named detector"
@@ -45,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from mvxray import lifting
     from mvxray.cli.lift import parse_options, resolve_detector
     from mvxray.datasets.torchdata import MultiViewDataset
+    from mvxray.distributed import init_from_env, shutdown
     from mvxray.io import atomic_write_json
 
     if args.threads:
@@ -65,22 +70,26 @@ def run(args: argparse.Namespace) -> int:
             val = MultiViewDataset(args.data, args.val_split)
         except KeyError:
             val = None
-    kwargs = {
-        "detector": detector,
-        "out_dir": args.out,
-        "resume": not args.no_resume,
-        "progress": not args.no_progress,
-        "epochs": args.epochs,
-        "max_steps": args.max_steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        **parse_options(args.train_opt),
-    }
-    params = inspect.signature(lifter.fit).parameters  # type: ignore[attr-defined]
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    metrics = lifter.fit(train, val, **kwargs)  # type: ignore[attr-defined]
-    atomic_write_json(args.out / "train_metrics.json", metrics)
-    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-    print(f"trained {args.lifter} on {len(train)} case(s) → {args.out}: {shown}")
+    if args.lifter == "mv2d":
+        kwargs = {
+            "detector": detector,
+            "out_dir": args.out,
+            "resume": not args.no_resume,
+            "progress": not args.no_progress,
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+        }
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "detector"}
+    else:  # rayemb trains its embedding from the views alone (no detector, no epochs)
+        kwargs = {} if args.lr is None else {"lr": args.lr}
+    metrics = lifter.fit(train, val, **kwargs, **parse_options(args.train_opt))  # type: ignore[attr-defined]
+    info = init_from_env(args.device)  # under torchrun only rank 0 writes
+    if info.is_main:
+        lifter.save(args.out / f"{args.lifter}.pt")  # type: ignore[attr-defined]
+        atomic_write_json(args.out / "train_metrics.json", metrics)
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        print(f"trained {args.lifter} on {len(train)} case(s) → {args.out}: {shown}")
+    shutdown(info)
     return 0

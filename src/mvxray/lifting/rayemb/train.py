@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from mvxray import distributed
 from mvxray.datasets.base import Volume
 from mvxray.geometry import Rig, voxel_to_ct
 from mvxray.lifting.rayemb.model import RayEmbModel
@@ -230,7 +231,12 @@ def fit_rayemb(
             raise ValueError(
                 f"bank: need at least {cfg.num_templates + 1} views, found {b.rig.num_views}"
             )
-    g = torch.Generator().manual_seed(model.config.seed)
+    # Under torchrun each process draws its own queries (seed + rank) from the same start
+    # (parameters broadcast) and gradients are averaged every step.
+    info = distributed.init_from_env(model.device)
+    distributed.broadcast_parameters(model, info)
+    params = list(model.parameters())
+    g = torch.Generator().manual_seed(model.config.seed + info.rank)
     dev = model.device
     cos_max = math.cos(math.radians(cfg.max_template_angle_deg))
     cosangs = []
@@ -247,7 +253,7 @@ def fit_rayemb(
         elapsed = time.perf_counter() - t0
         progress = step / max(1, cfg.steps)
         if cfg.max_seconds is not None:
-            if elapsed > cfg.max_seconds:
+            if distributed.any_process(elapsed > cfg.max_seconds, info):
                 break
             progress = max(progress, elapsed / cfg.max_seconds)
         # Warm-up over the first 5 %, then cosine to zero; progress is steps or time, whichever
@@ -286,13 +292,15 @@ def fit_rayemb(
             total = total + loss
             n_used += 1
             errs.append(float(err.mean()))
-        if n_used == 0:
+        if n_used:
+            (total / n_used).backward()
+            losses.append(float(total.detach()) / n_used)
+        distributed.average_gradients(params, info)
+        if not distributed.any_process(n_used > 0, info):
             continue
-        (total / n_used).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
-        losses.append(float(total.detach()) / n_used)
-        if log is not None and (step + 1) % window == 0:
+        if log is not None and info.is_main and (step + 1) % window == 0:
             log(
                 f"step {step + 1}/{cfg.steps}  loss {sum(losses[-window:]) / window:.3f}  "
                 f"err {sum(errs[-window:]) / len(errs[-window:]):.2f} px"
