@@ -22,7 +22,9 @@ def test_help_lists_every_available_command(capsys: pytest.CaptureFixture[str]) 
         assert name in out
 
 
-def test_info_prints_versions_device_and_cache(capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch) -> None:
+def test_info_prints_versions_device_and_cache(
+    capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("MVXRAY_CACHE", str(tmp_path / "cache"))
     assert main(["info"]) == 0
     out = capsys.readouterr().out
