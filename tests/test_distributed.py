@@ -53,6 +53,25 @@ def _blob_dataset(root: Path, cases: int = 2) -> Path:
     return root
 
 
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` under torchrun with 2 local processes (gloo on CPU)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
 SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
@@ -81,22 +100,10 @@ def test_torchrun_two_processes_train_in_lock_step(tmp_path: Path) -> None:
     data = _blob_dataset(tmp_path / "data")
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(script),
-            str(data),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    proc = _torchrun(
+        str(script),
+        str(data),
+        str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -141,22 +148,10 @@ def test_torchrun_lifters_stay_in_lock_step(tmp_path: Path) -> None:
     data = _blob_dataset(tmp_path / "data")
     script = tmp_path / "lifters.py"
     script.write_text(LIFTER_SCRIPT)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(script),
-            str(data),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    proc = _torchrun(
+        str(script),
+        str(data),
+        str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"lifters{r}.json").read_text()) for r in (0, 1))
@@ -171,45 +166,33 @@ def test_torchrun_lifters_stay_in_lock_step(tmp_path: Path) -> None:
 def test_train_2d_cli_under_torchrun(tmp_path: Path) -> None:
     data = _blob_dataset(tmp_path / "data")
     out = tmp_path / "model"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "mvxray.cli",
-            "train-2d",
-            "--data",
-            str(data),
-            "--detector",
-            "faster_rcnn",
-            "--out",
-            str(out),
-            "--iters",
-            "2",
-            "--batch",
-            "2",
-            "--crop",
-            "0",
-            "--warmup",
-            "1",
-            "--option",
-            "backbone=resnet18_fpn",
-            "--option",
-            "representation_size=64",
-            "--threads",
-            "1",
-            "--no-progress",
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    proc = _torchrun(
+        "-m",
+        "mvxray.cli",
+        "train-2d",
+        "--data",
+        str(data),
+        "--detector",
+        "faster_rcnn",
+        "--out",
+        str(out),
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--crop",
+        "0",
+        "--warmup",
+        "1",
+        "--option",
+        "backbone=resnet18_fpn",
+        "--option",
+        "representation_size=64",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.pt").is_file()

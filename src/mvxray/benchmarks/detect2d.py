@@ -116,6 +116,14 @@ def render_phantom_dataset(
     return root
 
 
+def chest_dataset(cases: int, size: int, progress: bool = True) -> Path:
+    """The benchmarks' chest dataset in the cache (rendered once by :func:`render_phantom_dataset`)."""
+    from mvxray.paths import cache_dir
+
+    root = cache_dir() / "datasets" / f"chest_{size}px_{cases}cases"
+    return render_phantom_dataset(root, cases, size, progress=progress)
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     cols = ["detector", "ap50", *[f"recall@{f:g}fp" for f in FPPI_POINTS], "train_s", "infer_s"]
     lines = [
@@ -203,12 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mvxray.paths import cache_dir
 
     torch.set_num_threads(args.threads)
-    data = args.data or render_phantom_dataset(
-        cache_dir() / "datasets" / f"chest_{args.size}px_{args.cases}cases",
-        args.cases,
-        args.size,
-        progress=not args.no_progress,
-    )
+    data = args.data or chest_dataset(args.cases, args.size, progress=not args.no_progress)
     out = args.out or cache_dir() / "bench" / "detect2d"
     rows = run(
         [d for d in args.detectors.split(",") if d],

@@ -176,16 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from mvxray.benchmarks.detect2d import render_phantom_dataset
+    from mvxray.benchmarks.detect2d import chest_dataset
     from mvxray.paths import cache_dir
 
     torch.set_num_threads(args.threads)
-    data = args.data or render_phantom_dataset(
-        cache_dir() / "datasets" / f"chest_{args.size}px_{args.cases}cases",
-        args.cases,
-        args.size,
-        progress=not args.no_progress,
-    )
+    data = args.data or chest_dataset(args.cases, args.size, progress=not args.no_progress)
     out = args.out or cache_dir() / "bench" / "lift3d"
     rows = run(
         Path(data),

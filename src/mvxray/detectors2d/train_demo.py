@@ -63,17 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mvxray.benchmarks.detect2d import (
         BENCH_DETECTORS,
         BENCH_TRAINING,
+        chest_dataset,
         evaluate_detector,
-        render_phantom_dataset,
     )
     from mvxray.datasets.torchdata import MultiViewDataset
     from mvxray.io import atomic_write_text
     from mvxray.paths import assets_dir, cache_dir
 
     torch.set_num_threads(args.threads)
-    data = args.data or render_phantom_dataset(
-        cache_dir() / "datasets" / f"chest_{args.size}px_{args.cases}cases", args.cases, args.size
-    )
+    data = args.data or chest_dataset(args.cases, args.size)
     out = args.out or assets_dir() / DEMO_DETECTOR
     det = detectors2d.build("yolo", **BENCH_DETECTORS["yolo"])
     train = list(MultiViewDataset(data, "train"))
