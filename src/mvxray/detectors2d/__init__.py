@@ -17,7 +17,6 @@ from mvxray.detectors2d.checkpoint import read_checkpoint
 from mvxray.detectors2d.classical import LogBlobConfig, LogBlobDetector
 from mvxray.detectors2d.faster_rcnn import FasterRCNNConfig, FasterRCNNDetector
 from mvxray.detectors2d.oracle import OracleConfig, OracleDetector
-from mvxray.detectors2d.train_demo import load_demo_detector
 from mvxray.detectors2d.yolo import YoloConfig, YoloDetector
 
 #: name → detector class; ``DETECTORS[name](**options)`` builds one with its config's options.
@@ -39,6 +38,16 @@ def build(name: str, **config: Any) -> Any:
     if name not in DETECTORS:
         raise KeyError(f"unknown detector {name!r}; available: {sorted(DETECTORS)}")
     return DETECTORS[name](**config)
+
+
+def load_demo_detector() -> Any:
+    """The detector shipped with mvxray (rebuilt by ``python -m mvxray.detectors2d.train_demo``).
+
+    Imported lazily so that running that module does not find it already imported.
+    """
+    from mvxray.detectors2d.train_demo import load_demo_detector as _load
+
+    return _load()
 
 
 def load(path: str | Path) -> Any:
