@@ -152,12 +152,15 @@ class Runner:
     data: Path | None = None
     progress: bool = True
     _samples: dict[tuple[Path, str], list[MultiViewSample]] = field(default_factory=dict)
+    _roots: dict[int, Path] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ data
     def dataset(self, size: int) -> Path:
         """The dataset of a cell: ``--data`` as given, else the embedded phantom rendered (cached)."""
         if self.data is not None:
             return self.data
+        if size in self._roots:  # checked and completed once per run, not once per cell
+            return self._roots[size]
         from mvxray.datasets.generate import GenerateConfig, generate
 
         g = self.grid
@@ -173,6 +176,7 @@ class Runner:
             ),
             progress=self.progress,
         )
+        self._roots[size] = root
         return root
 
     def samples(self, root: Path, split: str) -> list[MultiViewSample]:
