@@ -74,6 +74,32 @@ def test_batched_iou_2d_matches_torchvision(n: int, m: int) -> None:
     assert torch.allclose(box_iou_2d(a[0], b)[2], box_iou(a[0], b[2]))
 
 
+def test_inference_iou_path_matches_differentiable_path() -> None:
+    """The in-place (no-grad) kernel for large box sets equals the autograd path, also on
+    empty and touching boxes."""
+    g = torch.Generator().manual_seed(1)
+    a, b = _boxes2d(g, 4, 90), _boxes2d(g, 4, 60)
+    a[0, :5, 2:] = a[0, :5, :2]  # zero-area boxes
+    b[1, :3] = 0.0  # zero-area boxes at the origin (IoU with another empty box must be 0)
+    a[2, 0] = b[2, 0]  # identical boxes
+    fast = box_iou_2d(a, b)
+    slow = box_iou_2d(a.clone().requires_grad_(), b).detach()
+    assert torch.allclose(fast, slow, atol=0, rtol=1e-12)
+    assert fast[2, 0, 0] == 1.0 and (fast[0, :5] == 0).all() and (fast[1, :, :3] == 0).all()
+
+
+def test_project_boxes3d_equals_enclosing_box_of_projected_corners() -> None:
+    rig = Rig.seed(size=512)
+    g = torch.Generator().manual_seed(2)
+    boxes = torch.stack([_boxes3d(g, 7), _boxes3d(g, 7)])  # leading batch dim (2, 7, 6)
+    b2d, vis = project_boxes3d(boxes, rig.K, rig.T_cam_from_ct)  # (2, V, 7, 4)
+    uv, _ = project_points(box3d_corners(boxes).flatten(-3, -2), rig.K, rig.T_cam_from_ct)
+    uv = uv.unflatten(-2, (7, 8))  # (2, V, 7, 8, 2)
+    expected = torch.cat([uv.amin(-2), uv.amax(-2)], -1)
+    assert b2d.shape == (2, 10, 7, 4) and vis.all()
+    assert torch.allclose(b2d, expected, atol=1e-9)
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 6), m=st.integers(1, 6))
 def test_iou_properties(seed: int, n: int, m: int) -> None:

@@ -103,8 +103,9 @@ def reprojection_iou(
     check_shape(boxes3d, "boxes3d", (None, 6))
     check_shape(boxes2d, "boxes2d", (None, None, 4))
     projected, visible = project_boxes3d(boxes3d, K, T_cam_from_ct, height, width)  # (*, V, N, ·)
-    iou = box_iou_2d(projected, boxes2d.to(projected.dtype))  # (*, V, N, M)
-    return iou.masked_fill_(~visible.unsqueeze(-1), 0.0)
+    # An invisible projection becomes an empty box, so its IoU is 0 without masking (V, N, M).
+    projected = projected.masked_fill(~visible.unsqueeze(-1), 0.0)
+    return box_iou_2d(projected, boxes2d.to(projected.dtype))  # (*, V, N, M)
 
 
 def reprojection_iou_points(
