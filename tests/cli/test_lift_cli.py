@@ -198,3 +198,29 @@ def test_train3d_rayemb_then_lift(dataset: Path, tmp_path: Path) -> None:
     )
     assert rc == 0
     assert json.loads((out / "case2.json").read_text())["lifter"] == "rayemb"
+
+
+def test_train3d_joint_shares_the_backbone_then_lifts(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_dir = tmp_path / "joint"
+    small = ["channels=16", "embed_dim=32", "num_layers=1", "ff_dim=32", "encoder=detector"]
+    rcnn = ["backbone=resnet18_fpn", "strides=[8, 16, 32]", "representation_size=64"]
+    argv = ["train-3d", "--data", str(dataset), "--detector", "faster_rcnn", "--joint"]
+    argv += ["--out", str(model_dir), "--max-steps", "2", "--no-progress", "--val-split", ""]
+    argv += [a for o in small for a in ("--opt", o)] + ["--train-opt", "augment=false"]
+    argv += [a for o in rcnn for a in ("--detector-opt", o)]
+    assert main(argv) == 0
+    metrics = json.loads((model_dir / "train_metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["loss_2d"] > 0
+    assert (
+        torch.load(model_dir / "mv2d.pt", weights_only=False)["detector"]["name"] == "faster_rcnn"
+    )
+    out = tmp_path / "pred"
+    argv = ["lift", "--data", str(dataset), "--detector", str(model_dir / "detector.pt")]
+    argv += ["--lifter", "mv2d", "--model", str(model_dir / "mv2d.pt"), "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert json.loads((out / "case2.json").read_text())["lifter"] == "mv2d"
+    argv = ["train-3d", "--data", str(dataset), "--lifter", "rayemb", "--joint", "--out", str(out)]
+    assert main(argv) == 1
+    assert "only mv2d" in capsys.readouterr().err

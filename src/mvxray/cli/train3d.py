@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="peak learning rate (default: the lifter's; mv2d 2e-4 as the seed)",
     )
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="train the 2D detector (a torch detector: file or name) with the lifter, "
+        "L = L2d + 0.1·L3d; writes OUT/detector.pt too (share its backbone: --opt encoder=detector)",
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument(
         "--detector-opt", action="append", metavar="KEY=VALUE", help="option of a named detector"
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.lifter == "mv2d":
         kwargs = {
             "detector": detector,
+            "joint": args.joint,
             "out_dir": args.out,
             "resume": not args.no_resume,
             "progress": not args.no_progress,
@@ -82,12 +89,16 @@ def run(args: argparse.Namespace) -> int:
             "lr": args.lr,
         }
         kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "detector"}
+    elif args.joint:
+        raise ValueError(f"--joint: only mv2d trains with a 2D detector, not {args.lifter!r}")
     else:  # rayemb trains its embedding from the views alone (no detector, no epochs)
         kwargs = {} if args.lr is None else {"lr": args.lr}
     metrics = lifter.fit(train, val, **kwargs, **parse_options(args.train_opt))  # type: ignore[attr-defined]
     info = init_from_env(args.device)  # under torchrun only rank 0 writes
     if info.is_main:
         lifter.save(args.out / f"{args.lifter}.pt")  # type: ignore[attr-defined]
+        if args.joint:
+            detector.save(args.out / "detector.pt")
         atomic_write_json(args.out / "train_metrics.json", metrics)
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         print(f"trained {args.lifter} on {len(train)} case(s) → {args.out}: {shown}")

@@ -262,9 +262,11 @@ class FasterRCNNDetector(TorchDetectorMixin):
         return out
 
     # ------------------------------------------------------------------ features for MV2D
-    @torch.no_grad()
     def features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-        """FPN maps ``{name: (V, 256, H/s, W/s)}`` and their strides ``{name: s}`` (px of ``images``)."""
+        """FPN maps ``{name: (V, 256, H/s, W/s)}`` and their strides ``{name: s}`` (px of ``images``).
+
+        Differentiable (joint 2D+3D training backpropagates through it); wrap in
+        ``torch.no_grad()`` for inference."""
         x, _ = self.prepare(images)
         feats = self.model.backbone(x)
         H = images.shape[-2]

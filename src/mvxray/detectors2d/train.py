@@ -132,24 +132,34 @@ def lr_factor(cfg: TrainConfig, it: int, progress: float) -> float:
     return cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _batch(
+def training_batch(
     detector: TrainableTorchDetector,
     images: list[torch.Tensor],
     boxes: list[torch.Tensor],
-    idx: list[int],
-    cfg: TrainConfig,
+    crop_px: int | None,
     g: torch.Generator,
     augment: bool,
+    crop_positive: float = 0.7,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Prepared (normalized on the *whole* view), augmented, cropped inputs and their boxes."""
+    """Prepared (normalized on the *whole* view), augmented, cropped inputs and their boxes.
+
+    Args:
+        detector: prepares the views (its normalization and channels).
+        images: raw ``(1, H, W)`` views.
+        boxes: their ``(N, 4)`` px boxes.
+        crop_px: random square crops of this size (``None`` or larger than a view: whole views).
+        g: the sampling generator.
+        augment: photometric before and flips / quarter turns after preparation.
+        crop_positive: fraction of crops placed around a ground-truth box.
+    """
     ims, bxs = [], []
     with torch.no_grad():
-        for i in idx:
-            raw = photometric(images[i], g) if augment else images[i]
+        for raw, bx in zip(images, boxes):
+            raw = photometric(raw, g) if augment else raw
             x, scale = detector.prepare(raw[None])
-            im, b = x[0], boxes[i].to(x.device) * scale
-            if cfg.crop_px is not None and cfg.crop_px < max(im.shape[-2:]):
-                im, b = random_crop(im, b, cfg.crop_px, cfg.crop_positive, g)
+            im, b = x[0], bx.to(x.device) * scale
+            if crop_px is not None and crop_px < max(im.shape[-2:]):
+                im, b = random_crop(im, b, crop_px, crop_positive, g)
             if augment:
                 im, b = random_flip_rotate(im, b, g)
             ims.append(im)
@@ -195,8 +205,14 @@ def fit_detector(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     probe_idx = list(range(min(cfg.batch_size, n)))
-    probe = _batch(
-        detector, images, boxes, probe_idx, cfg, torch.Generator().manual_seed(cfg.seed + 1), False
+    probe = training_batch(
+        detector,
+        [images[i] for i in probe_idx],
+        [boxes[i] for i in probe_idx],
+        cfg.crop_px,
+        torch.Generator().manual_seed(cfg.seed + 1),
+        False,
+        cfg.crop_positive,
     )
 
     def probe_loss() -> float:
@@ -276,7 +292,15 @@ def fit_detector(
         while len(order) < step:
             order += torch.randperm(n, generator=g).tolist()
         idx, order = order[:step][info.rank :: info.world_size], order[step:]
-        ims, bxs = _batch(detector, images, boxes, idx, cfg, g, cfg.augment)
+        ims, bxs = training_batch(
+            detector,
+            [images[i] for i in idx],
+            [boxes[i] for i in idx],
+            cfg.crop_px,
+            g,
+            cfg.augment,
+            cfg.crop_positive,
+        )
         loss = detector.training_loss(ims.to(device), [b.to(device) for b in bxs])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train {detector.name}: non-finite loss at iteration {it}")

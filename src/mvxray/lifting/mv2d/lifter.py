@@ -15,6 +15,7 @@ from mvxray.geometry._checks import ShapeError
 from mvxray.heads import LossConfig
 from mvxray.io import atomic_torch_save
 from mvxray.lifting.base import Lifted3D
+from mvxray.lifting.mv2d.encoder import DetectorEncoder
 from mvxray.lifting.mv2d.inputs import collate, detections_from_truth
 from mvxray.lifting.mv2d.model import MV2DNet, MV2DNetConfig
 from mvxray.lifting.mv2d.train import MV2DTrainConfig, train_mv2d
@@ -71,6 +72,12 @@ class MV2DLifter:
         config: the configuration; or give its fields (of ``net``, ``loss`` or the top level)
             as keyword arguments.
         device: where the network runs (default: CUDA when available, else CPU).
+        detector: with ``encoder="detector"``, the 2D detector whose backbone is shared (it can
+            also be given later to :meth:`fit` with ``joint=True``).
+
+    Attributes:
+        detector: the jointly trained 2D detector (``None`` unless ``fit(..., joint=True)``
+            ran, or the lifter shares a detector's backbone); it proposes the boxes to lift.
 
     Example:
         >>> lifter = MV2DLifter(channels=16, embed_dim=32, num_layers=1)
@@ -84,6 +91,7 @@ class MV2DLifter:
         self,
         config: MV2DConfig | None = None,
         device: str | torch.device | None = None,
+        detector: Any | None = None,
         **overrides: Any,
     ) -> None:
         cfg = config if config is not None else _split_overrides(overrides)
@@ -91,7 +99,33 @@ class MV2DLifter:
         cfg = replace(cfg, loss=replace(cfg.loss, offset_scale_mm=cfg.net.offset_scale_mm))
         self.config = cfg
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = MV2DNet(cfg.net).to(self.device)
+        self.detector = detector
+        self._model: MV2DNet | None = None
+        if not self.shares_detector or detector is not None:
+            self._model = self._build_model()
+
+    @property
+    def shares_detector(self) -> bool:
+        """Whether the image encoder is the 2D detector's backbone (``encoder="detector"``)."""
+        return self.config.net.encoder == "detector"
+
+    def _build_model(self) -> MV2DNet:
+        encoder = None
+        if self.shares_detector:
+            encoder = DetectorEncoder(self.detector, self.config.net.channels)
+        return MV2DNet(self.config.net, encoder).to(self.device)
+
+    @property
+    def model(self) -> MV2DNet:
+        """The network (built on first use when it waits for the detector it shares)."""
+        if self._model is None:
+            if self.detector is None:
+                raise ValueError(
+                    "mv2d: encoder='detector' shares a 2D detector's backbone; give one: "
+                    "MV2DLifter(..., detector=det) or fit(..., detector=det, joint=True)"
+                )
+            self._model = self._build_model()
+        return self._model
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -139,6 +173,7 @@ class MV2DLifter:
         val: Any | None = None,
         *,
         detector: Any | None = None,
+        joint: bool = False,
         out_dir: str | Path | None = None,
         resume: bool = True,
         progress: bool = True,
@@ -151,6 +186,10 @@ class MV2DLifter:
             val: optional validation cases; their 3D metrics are returned (``val_*``).
             detector: a frozen :class:`~mvxray.detectors2d.base.Detector2D` whose detections
                 become the queries; ``None`` uses the ground-truth 2D boxes (oracle).
+            joint: train ``detector`` (a torch detector: ``faster_rcnn``, ``yolo``) together
+                with the lifter, ``L = L2d + λ3d·L3d``; the queries are the ground-truth boxes
+                during training and the detector's boxes in validation. With
+                ``encoder="detector"`` the two share the backbone and :meth:`save` stores both.
             out_dir: checkpoint directory (``mv2d_last.pt``, and ``mv2d.pt`` at the end).
             resume: continue from ``out_dir/mv2d_last.pt`` when present.
             progress: show a progress bar.
@@ -162,7 +201,24 @@ class MV2DLifter:
             prefixed ``val_``.
         """
         tcfg = MV2DTrainConfig(**train_overrides)
-        detect = (lambda s: _detect(detector, s)) if detector is not None else None
+        if joint:
+            missing = [
+                a for a in ("module", "prepare", "training_loss") if not hasattr(detector, a)
+            ]
+            if detector is None or missing:
+                found = getattr(detector, "name", type(detector).__name__)
+                raise TypeError(
+                    f"joint=True trains the 2D detector with the lifter: it must be a torch "
+                    f"detector (faster_rcnn, yolo), found {found!r}"
+                )
+            if self.shares_detector and self._model is not None and detector is not self.detector:
+                raise ValueError("this lifter already shares another detector's backbone")
+            self.detector = detector
+        elif self.shares_detector:
+            raise ValueError(
+                "encoder='detector' shares the detector's backbone: fit with joint=True"
+            )
+        detect = (lambda s: _detect(detector, s)) if detector is not None and not joint else None
         out = train_mv2d(
             self.model,
             self.config.loss,
@@ -172,7 +228,8 @@ class MV2DLifter:
             out_dir,
             resume,
             progress,
-            extra_state={"config": asdict(self.config)},
+            extra_state=self._file_state(),
+            joint_detector=detector if joint else None,
         )
         if out_dir is not None:
             self.save(Path(out_dir) / "mv2d.pt")
@@ -188,12 +245,18 @@ class MV2DLifter:
         return result
 
     # ------------------------------------------------------------------ persistence
+    def _file_state(self) -> dict[str, Any]:
+        """Config (and the shared detector's name and config) stored with the weights."""
+        state: dict[str, Any] = {"name": self.name, "config": asdict(self.config)}
+        if self.shares_detector and self.detector is not None:
+            state["detector"] = {"name": self.detector.name, "config": asdict(self.detector.config)}
+        return state
+
     def save(self, path: str | Path) -> None:
-        """Write config + weights atomically (one ``torch.save`` file)."""
+        """Write config + weights atomically (one ``torch.save`` file); with a shared backbone
+        the detector's weights are part of the network's and its config is stored too."""
         state = {k: v.cpu() for k, v in self.model.state_dict().items()}
-        atomic_torch_save(
-            {"name": self.name, "config": asdict(self.config), "model": state}, Path(path)
-        )
+        atomic_torch_save({**self._file_state(), "model": state}, Path(path))
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> MV2DLifter:
@@ -205,7 +268,12 @@ class MV2DLifter:
         state = torch.load(Path(path), map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or "config" not in state or "model" not in state:
             raise ValueError(f"{path}: not an mv2d lifter file (no 'config' / 'model' entries)")
-        lifter = cls(MV2DConfig.from_dict(state["config"]), device=device)
+        detector = None
+        if "detector" in state:  # a shared backbone: rebuild the detector, weights come below
+            from mvxray import detectors2d
+
+            detector = detectors2d.build(state["detector"]["name"], **state["detector"]["config"])
+        lifter = cls(MV2DConfig.from_dict(state["config"]), device=device, detector=detector)
         lifter.model.load_state_dict(state["model"])
         return lifter
 

@@ -25,7 +25,8 @@ class MV2DNetConfig:
     """Architecture of :class:`MV2DNet`.
 
     Attributes:
-        encoder: ``"small"`` or ``"resnet18"``.
+        encoder: ``"small"``, ``"resnet18"`` or ``"detector"`` (a 2D detector's backbone, given
+            to :class:`MV2DNet` as ``encoder``; see :class:`~mvxray.lifting.mv2d.encoder.DetectorEncoder`).
         in_channels: image channels.
         channels: feature channels F.
         embed_dim: query / token width D.
@@ -77,10 +78,20 @@ class MV2DNet(nn.Module):
         (2, (1, 2, 6), (1, 2, 2))
     """
 
-    def __init__(self, config: MV2DNetConfig | None = None) -> None:
+    def __init__(
+        self, config: MV2DNetConfig | None = None, encoder: nn.Module | None = None
+    ) -> None:
         super().__init__()
         c = self.config = config or MV2DNetConfig()
-        self.encoder = build_encoder(c.encoder, c.in_channels, c.channels)
+        if (c.encoder == "detector") != (encoder is not None):
+            raise ValueError(
+                f"MV2DNet: encoder {c.encoder!r} "
+                + ("needs the detector's encoder (DetectorEncoder)" if encoder is None else "")
+                + ("is built from its name; do not pass an encoder" if encoder is not None else "")
+            )
+        self.encoder = (
+            encoder if encoder is not None else build_encoder(c.encoder, c.in_channels, c.channels)
+        )
         self.queries = QueryGenerator(c.channels, c.roi_size, c.embed_dim, c.pe_feats)
         self.memory = FrustumMemory(c.channels, c.embed_dim, c.memory_tokens, c.depth_bins)
         self.layers = nn.ModuleList(

@@ -1,6 +1,12 @@
 """Training loop of the MV2D lifter: frozen 2D detections (or ground truth), batches of cases,
 AdamW + linear warm-up + cosine annealing (seed 000's schedule), deep supervision, atomic
 checkpoints with resume, a progress bar, and torchrun/DDP when launched that way.
+
+Joint 2D+3D training (``joint_detector``) adds the detector's own loss on crops of a few views
+of every case to the 3D loss, ``L = L2d + λ3d·L3d`` (seed 000), and steps both networks with one
+optimizer; with the ``detector`` encoder they share the backbone, so L3d also shapes the
+detector's features. The queries then come from the ground-truth boxes (jittered): a detector
+that is still learning proposes nothing useful to lift.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ class MV2DTrainConfig:
         seed: random seed.
         time_budget_s: when set, the run length (and so the cosine schedule) is fitted to this
             wall time, measured over the first steps; ``epochs`` / ``max_steps`` stay upper bounds.
+        joint_views: joint training: views per case (drawn at random) in each step's 2D loss.
+        joint_crop_px: joint training: the 2D loss sees random crops of this size (``None``:
+            whole views), placed around an indication 70 % of the time, as in
+            :mod:`mvxray.detectors2d.train`.
     """
 
     epochs: int = 24
@@ -60,6 +70,12 @@ class MV2DTrainConfig:
     ckpt_every: int = 100
     seed: int = 0
     time_budget_s: float | None = None
+    joint_views: int = 2
+    joint_crop_px: int | None = 128
+
+    def __post_init__(self) -> None:
+        if self.joint_views < 1:
+            raise ValueError(f"joint_views: expected >= 1, found {self.joint_views}")
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -97,6 +113,7 @@ def train_mv2d(
     resume: bool = True,
     progress: bool = True,
     extra_state: dict[str, Any] | None = None,
+    joint_detector: Any | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` (an :class:`~mvxray.lifting.mv2d.model.MV2DNet`) in place.
 
@@ -110,12 +127,18 @@ def train_mv2d(
         resume: continue from ``out_dir/mv2d_last.pt`` when it exists.
         progress: show a progress bar.
         extra_state: stored in every checkpoint (e.g. the lifter's config).
+        joint_detector: train this torch detector (``module``, ``prepare``, ``training_loss``:
+            :class:`~mvxray.detectors2d.train.TrainableTorchDetector`) jointly; needs
+            ``detect=None``.
 
     Returns:
-        ``{"steps", "loss", "loss_first", "seconds", "history"}`` (history: per-step losses).
+        ``{"steps", "loss", "loss_first", "seconds", "history"}`` (history: per-step 3D
+        losses) and, when joint, ``loss_2d`` (mean of the last 10 steps).
     """
     if len(train) == 0:
         raise ValueError("train: no training cases")
+    if joint_detector is not None and detect is not None:
+        raise ValueError("joint training lifts the ground-truth boxes: pass detect=None")
     info = distributed.init_from_env(next(model.parameters()).device)
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed + info.rank)
@@ -134,19 +157,33 @@ def train_mv2d(
     per_epoch = len(loader)
     total = config.max_steps or config.epochs * per_epoch
     plan = {"total": total, "warmup": min(config.warmup_iters, total // 5)}
-    net = distributed.wrap_model(model, info)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = list(model.parameters())
+    if joint_detector is not None:  # its network may already be inside (shared backbone)
+        seen = {id(p) for p in params}
+        joint_detector.module.to(info.device)
+        params += [p for p in joint_detector.module.parameters() if id(p) not in seen]
+        # two forward paths (2D loss, 3D loss) through shared weights: average gradients by
+        # hand instead of DDP, which expects every parameter to be used by its own forward
+        net = model
+        for module in (model, joint_detector.module):
+            distributed.broadcast_parameters(module, info)
+    else:
+        net = distributed.wrap_model(model, info)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, plan["total"], plan["warmup"], config.min_lr_ratio)
     )
     ckpt = Path(out_dir) / "mv2d_last.pt" if out_dir is not None else None
-    step, history = 0, []
+    step, history, history_2d = 0, [], []
     if resume and ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, history = int(state["step"]), list(state["history"])
+        history_2d = list(state.get("history_2d", []))
+        if joint_detector is not None and "joint_detector" in state:
+            joint_detector.module.load_state_dict(state["joint_detector"])
     aug = None
     if config.augment:
         from mvxray.datasets.augment import GeometricConfig, MultiViewAugment
@@ -155,6 +192,8 @@ def train_mv2d(
         aug = MultiViewAugment(geometric=GeometricConfig() if detect is None else None)
     device = info.device
     model.train()
+    if joint_detector is not None:
+        joint_detector.module.train()
     t0 = time.time()
     bar = tqdm(total=total, initial=step, disable=not (progress and info.is_main), desc="mv2d")
 
@@ -167,7 +206,13 @@ def train_mv2d(
                     "scheduler": sched.state_dict(),
                     "step": step,
                     "history": history,
+                    "history_2d": history_2d,
                     "train_config": asdict(config),
+                    **(
+                        {"joint_detector": joint_detector.module.state_dict()}
+                        if joint_detector is not None
+                        else {}
+                    ),
                     **(extra_state or {}),
                 },
                 ckpt,
@@ -199,16 +244,23 @@ def train_mv2d(
                 set_loss_3d(p, inp.valid, gt_boxes, gt_labels, loss_config, targets) for p in preds
             ]
             loss3d = torch.stack([p["loss_3d"] for p in parts]).mean()
-            loss = total_loss(loss3d, 0.0, loss_config)
+            loss2d = torch.zeros((), device=device)
+            if joint_detector is not None:
+                loss2d = _loss_2d(joint_detector, samples, config, g, device)
+            loss = total_loss(loss3d, loss2d, loss_config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if joint_detector is not None:
+                distributed.average_gradients(params, info)
             if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
             sched.step()
             step += 1
             value = distributed.all_reduce_mean(float(loss3d.detach()), info)
             history.append(value)
+            if joint_detector is not None:
+                history_2d.append(distributed.all_reduce_mean(float(loss2d.detach()), info))
             bar.update(1)
             bar.set_postfix(loss3d=f"{value:.3f}", reg=f"{float(parts[-1]['reg'].detach()):.3f}")
             if step % config.ckpt_every == 0:
@@ -226,10 +278,39 @@ def train_mv2d(
     bar.close()
     save()
     distributed.barrier(info)
-    return {
+    out = {
         "steps": step,
-        "loss": sum(history[-10:]) / max(1, len(history[-10:])),
+        "loss": _tail_mean(history),
         "loss_first": history[0] if history else math.nan,
         "seconds": time.time() - t0,
         "history": history,
     }
+    if joint_detector is not None:
+        out["loss_2d"] = _tail_mean(history_2d)
+    return out
+
+
+def _tail_mean(values: list[float], n: int = 10) -> float:
+    return sum(values[-n:]) / len(values[-n:]) if values else math.nan
+
+
+def _loss_2d(
+    detector: Any,
+    samples: list[MultiViewSample],
+    config: MV2DTrainConfig,
+    g: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """The detector's own training loss on ``joint_views`` random views of every case, cut
+    into crops as in :func:`mvxray.detectors2d.train.training_batch` (the samples are
+    already augmented)."""
+    from mvxray.detectors2d.train import training_batch
+
+    images, boxes = [], []
+    for s in samples:
+        V = s.images.shape[0]
+        for v in torch.randperm(V, generator=g)[: min(config.joint_views, V)].tolist():
+            images.append(s.images[v, :1].float())
+            boxes.append(s.boxes2d[v][s.visible2d[v].bool()].float().reshape(-1, 4))
+    x, b = training_batch(detector, images, boxes, config.joint_crop_px, g, augment=False)
+    return detector.training_loss(x.to(device), [bb.to(device) for bb in b])
