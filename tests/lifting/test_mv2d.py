@@ -143,7 +143,7 @@ def test_time_budget_sizes_the_run(rig: Rig) -> None:
     cases = [make_scene(rig, 2, s, blobs=True) for s in range(2)]
     tiny = {**TINY, "num_layers": 1}
     out = MV2DLifter(**tiny).fit(
-        cases, epochs=100000, time_budget_s=2.0, augment=False, progress=False
+        cases, epochs=100000, max_minutes=2.0 / 60, augment=False, progress=False
     )
     # The 2 s budget, not the 100000 epochs (one step each), ended the run. No wall-clock
     # assertion: the machine may be busy.

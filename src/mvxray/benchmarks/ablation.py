@@ -261,7 +261,7 @@ class Runner:
             return lifting.load(name, path), 0.0
         lifter = lifting.build(name, **opts)
         train = self.samples(root, "train")
-        budget = self.grid.train_minutes * 60
+        budget = self.grid.train_minutes
         t0 = time.perf_counter()
         if name == "mv2d":
             lifter.fit(
@@ -269,11 +269,11 @@ class Runner:
                 None,
                 detector=detector,
                 progress=self.progress,
-                time_budget_s=budget,
+                max_minutes=budget,
                 augment=cell["augment"],
             )
         else:
-            lifter.fit(train, None, max_seconds=budget, augment=cell["augment"])
+            lifter.fit(train, None, max_minutes=budget, augment=cell["augment"])
         path.parent.mkdir(parents=True, exist_ok=True)
         lifter.save(path)
         return lifter, time.perf_counter() - t0

@@ -143,7 +143,7 @@ def run(
             out_dir=out / "mv2d",
             resume=False,
             progress=progress,
-            **{"epochs": 1000, "time_budget_s": minutes * 60, **(mv2d_train or {})},
+            **{"epochs": 1000, "max_minutes": minutes, **(mv2d_train or {})},
         )
         extra = {
             "steps": fit["steps"],

@@ -1,6 +1,6 @@
 """Registration benchmark (seed 002's table) on the embedded chest CT.
 
-``python -m mvxray.benchmarks.registration [--size 128] [--train-seconds 900] ...``
+``python -m mvxray.benchmarks.registration [--size 128] [--train-minutes 15] ...``
 
 1. The chest phantom (``PHANTOMS["chest"]``); a coarser copy (``--coarse-mm``) renders the
    training bank and the templates, the full-resolution volume renders the query X-rays (so
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="image size, px")
     p.add_argument("--coarse-mm", type=float, default=2.5, help="voxel of the template CT, mm")
     p.add_argument("--bank-reps", type=int, default=12, help="perturbed copies per seed view")
-    p.add_argument("--train-seconds", type=float, default=900.0, help="training budget each")
+    p.add_argument("--train-minutes", type=float, default=15.0, help="training budget each")
     p.add_argument("--queries-per-view", type=int, default=1)
     p.add_argument("--query-seed", type=int, default=2, help="seed of the query poses")
     p.add_argument("--limit", type=int, default=None, help="use only the first N queries")
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="trained RayEmb model (.pt)")
     p.add_argument("--fixed-model", type=Path, default=None, help="trained fixed-landmark model")
     p.add_argument("--intensity-iters", type=int, default=60)
-    p.add_argument("--finetune-seconds", type=float, default=0.0, help="keep training --model")
+    p.add_argument("--finetune-minutes", type=float, default=0.0, help="keep training --model")
     p.add_argument("--passes", type=int, default=3, help="RayEmb registration passes")
     p.add_argument("--landmarks", type=int, default=400, help="RayEmb 3D landmarks sampled")
     p.add_argument("--top-k", type=int, default=200, help="most confident matches kept")
@@ -128,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.save({"images": bank.images, "T": Tb}, bank_path)
     # ---------------------------------------------------------------- models
     train_info: dict[str, Any] = {}
-    seconds = args.train_seconds
+    minutes = args.train_minutes
     if args.model is not None:
         model = RayEmbModel.load(args.model)
-        seconds = args.finetune_seconds
+        minutes = args.finetune_minutes
     else:
         model = RayEmbModel(RayEmbConfig(EncoderConfig(out_stride_log2=1)))
-    if seconds > 0:
+    if minutes > 0:
         train_info["rayemb"] = fit_rayemb(
             model,
             bank,
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps=100_000,
                 queries_per_step=1,
                 points_per_query=96,
-                max_seconds=seconds,
+                max_minutes=minutes,
                 lr=3e-3 if args.model is None else 1e-3,
             ),
             log=log,
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 default_landmarks(coarse, 48), EncoderConfig(out_stride_log2=1)
             )
             train_info["fixed"] = fit_fixed_landmarks(
-                fixed, bank, steps=100_000, batch=4, max_seconds=args.train_seconds, log=log
+                fixed, bank, steps=100_000, batch=4, max_minutes=args.train_minutes, log=log
             )
             torch.save(
                 {"landmarks_ct": fixed.landmarks_ct, "state_dict": fixed.state_dict()},

@@ -186,11 +186,11 @@ def fit_fixed_landmarks(
     lr: float = 2e-3,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
-    max_seconds: float | None = None,
+    max_minutes: float | None = None,
 ) -> dict[str, float]:
     """Train the heatmaps: per-landmark softmax over pixels, bilinear soft targets.
 
-    ``max_seconds`` bounds the wall time (the cosine schedule then follows time).
+    ``max_minutes`` bounds the wall time (the cosine schedule then follows time).
 
     Returns:
         ``{"loss_first", "loss_last", "seconds"}`` (means of the first/last 10 % of steps).
@@ -205,10 +205,10 @@ def fit_fixed_landmarks(
     for step in range(steps):
         elapsed = time.perf_counter() - t0
         progress = step / max(1, steps)
-        if max_seconds is not None:
-            if elapsed > max_seconds:
+        if max_minutes is not None:
+            if elapsed > 60 * max_minutes:
                 break
-            progress = max(progress, elapsed / max_seconds)
+            progress = max(progress, elapsed / (60 * max_minutes))
         scale = progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
             group["lr"] = lr * max(scale, 0.01)

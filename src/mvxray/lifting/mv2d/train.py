@@ -49,8 +49,8 @@ class MV2DTrainConfig:
             updated) — :class:`mvxray.datasets.augment.MultiViewAugment`.
         ckpt_every: steps between checkpoints.
         seed: random seed.
-        time_budget_s: when set, the run length (and so the cosine schedule) is fitted to this
-            wall time, measured over the first steps; ``epochs`` / ``max_steps`` stay upper bounds.
+        max_minutes: when set, the run length (and so the cosine schedule) is fitted to this
+            wall time (minutes), measured over the first steps; ``epochs`` / ``max_steps`` stay upper bounds.
         joint_views: joint training: views per case (drawn at random) in each step's 2D loss.
         joint_crop_px: joint training: the 2D loss sees random crops of this size (``None``:
             whole views), placed around an indication 70 % of the time, as in
@@ -69,7 +69,7 @@ class MV2DTrainConfig:
     augment: bool = True
     ckpt_every: int = 100
     seed: int = 0
-    time_budget_s: float | None = None
+    max_minutes: float | None = None
     joint_views: int = 2
     joint_crop_px: int | None = 128
 
@@ -266,10 +266,10 @@ def train_mv2d(
             if step % config.ckpt_every == 0:
                 save()
             done = step - start_step
-            if config.time_budget_s and done in probes:
+            if config.max_minutes and done in probes:
                 # the same estimate on every process, so they all stop at the same step
                 per_step = distributed.all_reduce_mean((time.time() - t0) / done, info)
-                fit = start_step + int(config.time_budget_s / max(per_step, 1e-6))
+                fit = start_step + int(60 * config.max_minutes / max(per_step, 1e-6))
                 plan["total"] = max(step + 1, min(upper, fit))
                 if done == probes[0]:
                     plan["warmup"] = min(config.warmup_iters, plan["total"] // 5)

@@ -58,7 +58,7 @@ class TrainConfig:
         augment: photometric augmentation of every view (gamma, scale, noise).
         leave_one_out: every view of a group is a query against the others (else only the
             first), T + 1 supervised queries per encoder pass.
-        max_seconds: stop after this wall time (the cosine schedule follows time then).
+        max_minutes: stop after this wall time, minutes (the cosine schedule follows time then).
     """
 
     steps: int = 400
@@ -71,7 +71,7 @@ class TrainConfig:
     margin_px: float = 4.0
     augment: bool = True
     leave_one_out: bool = True
-    max_seconds: float | None = None
+    max_minutes: float | None = None
 
 
 def sample_body_points(
@@ -252,10 +252,11 @@ def fit_rayemb(
     for step in range(cfg.steps):
         elapsed = time.perf_counter() - t0
         progress = step / max(1, cfg.steps)
-        if cfg.max_seconds is not None:
-            if distributed.any_process(elapsed > cfg.max_seconds, info):
+        if cfg.max_minutes is not None:
+            budget_s = 60 * cfg.max_minutes
+            if distributed.any_process(elapsed > budget_s, info):
                 break
-            progress = max(progress, elapsed / cfg.max_seconds)
+            progress = max(progress, elapsed / budget_s)
         # Warm-up over the first 5 %, then cosine to zero; progress is steps or time, whichever
         # runs out first, so a time budget still ends at a low learning rate.
         scale = progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * progress))
