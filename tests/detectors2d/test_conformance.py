@@ -22,10 +22,11 @@ TINY = {
         rpn_post_nms_top_n=(100, 50),
     ),
     "yolo": dict(model="yolov8n.yaml"),
+    "heatmap": dict(widths=(8, 16, 32)),
     "log_blob": {},
     "oracle": {},
 }
-TRAINABLE = ("faster_rcnn", "yolo")
+TRAINABLE = ("faster_rcnn", "heatmap", "yolo")
 
 
 def test_tiny_configs_cover_every_detector():

@@ -1,7 +1,7 @@
 """2D detectors behind one interface (:mod:`mvxray.detectors2d.base`), swappable by name.
 
 >>> sorted(DETECTORS)
-['faster_rcnn', 'log_blob', 'oracle', 'yolo']
+['faster_rcnn', 'heatmap', 'log_blob', 'oracle', 'yolo']
 >>> det = build("log_blob", min_score=0.1)
 >>> det.config.min_score
 0.1
@@ -16,6 +16,7 @@ from mvxray.detectors2d.base import Detections2D, Detector2D, FeatureDetector2D,
 from mvxray.detectors2d.checkpoint import read_checkpoint
 from mvxray.detectors2d.classical import LogBlobConfig, LogBlobDetector
 from mvxray.detectors2d.faster_rcnn import FasterRCNNConfig, FasterRCNNDetector
+from mvxray.detectors2d.heatmap import HeatmapConfig, HeatmapDetector
 from mvxray.detectors2d.oracle import OracleConfig, OracleDetector
 from mvxray.detectors2d.yolo import YoloConfig, YoloDetector
 
@@ -23,6 +24,7 @@ from mvxray.detectors2d.yolo import YoloConfig, YoloDetector
 DETECTORS: dict[str, Any] = {
     "faster_rcnn": FasterRCNNDetector,
     "yolo": YoloDetector,
+    "heatmap": HeatmapDetector,
     "log_blob": LogBlobDetector,
     "oracle": OracleDetector,
 }
@@ -72,6 +74,8 @@ __all__ = [
     "FasterRCNNConfig",
     "FasterRCNNDetector",
     "FeatureDetector2D",
+    "HeatmapConfig",
+    "HeatmapDetector",
     "LogBlobConfig",
     "LogBlobDetector",
     "OracleConfig",

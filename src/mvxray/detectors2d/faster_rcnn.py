@@ -293,14 +293,9 @@ class FasterRCNNDetector(TorchDetectorMixin):
     def fit(
         self, train: Any, val: Any | None = None, config: Any = None, **kwargs: Any
     ) -> dict[str, float]:
-        """Train with :func:`mvxray.detectors2d.train.fit_detector` (``config``: a
-        :class:`~mvxray.detectors2d.train.TrainConfig`; ``out=``, ``resume=`` pass through)."""
-        from mvxray.detectors2d.train import TrainConfig, fit_detector
-
-        out, resume = kwargs.pop("out", None), kwargs.pop("resume", False)
-        cfg = config or config_from_dict(TrainConfig, kwargs)
+        """:meth:`TorchDetectorMixin.fit` with denormal floats flushed (see the module doc)."""
         with flush_denormal():
-            return fit_detector(self, train, cfg, out=out, resume=resume)
+            return super().fit(train, val, config, **kwargs)
 
     def load_weights(self, path: str | Path) -> None:
         """Load a user's torchvision-style ``state_dict`` file (e.g. trained elsewhere)."""

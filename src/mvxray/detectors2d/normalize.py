@@ -197,6 +197,19 @@ class TorchDetectorMixin:
         """The trainable ``nn.Module``."""
         return self.model
 
+    def fit(
+        self, train: Any, val: Any | None = None, config: Any = None, **kwargs: Any
+    ) -> dict[str, float]:
+        """Train with :func:`mvxray.detectors2d.train.fit_detector` (``config``: a
+        :class:`~mvxray.detectors2d.train.TrainConfig`, or its fields as keywords; ``out=``,
+        ``resume=`` pass through). ``val`` is accepted for the interface and not used."""
+        from mvxray.detectors2d.checkpoint import config_from_dict
+        from mvxray.detectors2d.train import TrainConfig, fit_detector
+
+        out, resume = kwargs.pop("out", None), kwargs.pop("resume", False)
+        cfg = config or config_from_dict(TrainConfig, kwargs)
+        return fit_detector(self, train, cfg, out=out, resume=resume)  # type: ignore[arg-type]
+
     @property
     def device(self) -> torch.device:
         """Where the weights live."""

@@ -215,17 +215,6 @@ class YoloDetector(TorchDetectorMixin):
             out[v] = Detections2D.empty(images.device)
         return out
 
-    def fit(
-        self, train: Any, val: Any | None = None, config: Any = None, **kwargs: Any
-    ) -> dict[str, float]:
-        """Train with :func:`mvxray.detectors2d.train.fit_detector` (``config``: a
-        :class:`~mvxray.detectors2d.train.TrainConfig`; ``out=``, ``resume=`` pass through)."""
-        from mvxray.detectors2d.train import TrainConfig, fit_detector
-
-        out, resume = kwargs.pop("out", None), kwargs.pop("resume", False)
-        cfg = config or config_from_dict(TrainConfig, kwargs)
-        return fit_detector(self, train, cfg, out=out, resume=resume)
-
     def save(self, path: str | Path) -> None:
         """Write config, model yaml and weights to one file, atomically."""
         state = {
