@@ -22,11 +22,13 @@ def _option(text: str) -> tuple[str, Any]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-2d",
-        help="train a 2D detector (faster_rcnn, yolo; log_blob calibrates) on a dataset",
+        help="train a 2D detector (faster_rcnn, yolo, heatmap; log_blob calibrates) on a dataset",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
-    p.add_argument("--detector", default="yolo", help="faster_rcnn, yolo, log_blob or oracle")
+    p.add_argument(
+        "--detector", default="yolo", help="faster_rcnn, yolo, heatmap, log_blob or oracle"
+    )
     p.add_argument(
         "--out", type=Path, required=True, help="output folder (model.pt, last.pt, metrics.json)"
     )

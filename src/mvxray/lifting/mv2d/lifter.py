@@ -186,7 +186,7 @@ class MV2DLifter:
             val: optional validation cases; their 3D metrics are returned (``val_*``).
             detector: a frozen :class:`~mvxray.detectors2d.base.Detector2D` whose detections
                 become the queries; ``None`` uses the ground-truth 2D boxes (oracle).
-            joint: train ``detector`` (a torch detector: ``faster_rcnn``, ``yolo``) together
+            joint: train ``detector`` (a torch detector: ``faster_rcnn``, ``yolo``, ``heatmap``)
                 with the lifter, ``L = L2d + λ3d·L3d``; the queries are the ground-truth boxes
                 during training and the detector's boxes in validation. With
                 ``encoder="detector"`` the two share the backbone and :meth:`save` stores both.
@@ -209,7 +209,7 @@ class MV2DLifter:
                 found = getattr(detector, "name", type(detector).__name__)
                 raise TypeError(
                     f"joint=True trains the 2D detector with the lifter: it must be a torch "
-                    f"detector (faster_rcnn, yolo), found {found!r}"
+                    f"detector (faster_rcnn, yolo, heatmap), found {found!r}"
                 )
             if self.shares_detector and self._model is not None and detector is not self.detector:
                 raise ValueError("this lifter already shares another detector's backbone")
