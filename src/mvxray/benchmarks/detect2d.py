@@ -33,12 +33,14 @@ BENCH_DETECTORS: dict[str, dict[str, Any]] = {
         "box_batch_size_per_image": 128,
         "representation_size": 256,
     },
+    "heatmap": {"widths": (16, 32, 64, 128, 256)},
     "log_blob": {},
     "oracle": {},
 }
 #: Training options per detector (crops make a CPU step cheap; see docs/detectors.md).
 BENCH_TRAINING: dict[str, dict[str, Any]] = {
     "yolo": {"batch_size": 8, "crop_px": 128, "lr": 2e-3, "warmup_iters": 100},
+    "heatmap": {"batch_size": 8, "crop_px": 128, "lr": 2e-3, "warmup_iters": 100},
     "faster_rcnn": {"batch_size": 4, "crop_px": 128, "lr": 2e-4, "warmup_iters": 100},
 }
 
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--size", type=int, default=256, help="view size, px")
     parser.add_argument(
-        "--detectors", default="yolo,faster_rcnn,log_blob", help="comma-separated names"
+        "--detectors", default="yolo,faster_rcnn,heatmap,log_blob", help="comma-separated names"
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per detector")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

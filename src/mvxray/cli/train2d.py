@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.size:
         options["input_size"] = args.size
     det = detectors2d.build(args.detector, **options)
-    if args.detector in ("faster_rcnn", "yolo"):
+    if hasattr(det, "training_loss"):  # the torch detectors share one training loop
         tr = dict(BENCH_TRAINING.get(args.detector, {}))
         tr.update(
             epochs=args.epochs,

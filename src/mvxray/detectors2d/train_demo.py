@@ -1,8 +1,8 @@
 """Reproduce the demo detector shipped in ``mvxray/assets/``: ``python -m mvxray.detectors2d.train_demo``.
 
-Renders chest-phantom cases with the seed's 10-view rig at 256 px (cached), trains the ``yolo``
-detector (YOLOv8n-P2, stride-4 head, 128-px crops) on the ``train`` split within a wall-time
-budget on the CPU, reports 2D metrics on the held-out ``test`` split, and writes the detector
+Renders chest-phantom cases with the seed's 10-view rig at 256 px (cached), trains a detector
+(``--detector``, with the benchmark's settings: ``BENCH_DETECTORS`` / ``BENCH_TRAINING`` of
+:mod:`mvxray.benchmarks.detect2d`) on the ``train`` split within a wall-time budget on the CPU, reports 2D metrics on the held-out ``test`` split, and writes the detector
 (one file, config + weights) to ``mvxray/assets/demo_detector.pt`` and its metrics next to it.
 ``mvxray demo`` loads it with :func:`load_demo_detector`.
 """
@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train the demo detector shipped in mvxray/assets/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--detector", default="yolo", help="a torch detector: yolo, heatmap, ...")
     parser.add_argument("--cases", type=int, default=24, help="chest cases (train + test)")
     parser.add_argument("--size", type=int, default=256, help="view size, px")
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget")
@@ -53,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output file (default: the package's assets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--resume", action="store_true", help="continue the last run (cache/train_demo/last.pt)"
+        "--resume",
+        action="store_true",
+        help="continue the last run of this detector (cache/train_demo/<detector>/last.pt)",
     )
     args = parser.parse_args(argv)
 
@@ -73,24 +76,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     data = args.data or chest_dataset(args.cases, args.size)
     out = args.out or assets_dir() / DEMO_DETECTOR
-    det = detectors2d.build("yolo", **BENCH_DETECTORS["yolo"])
+    name = args.detector
+    if name not in BENCH_TRAINING:
+        raise ValueError(
+            f"--detector: expected a trainable detector {sorted(BENCH_TRAINING)}, found {name!r}"
+        )
+    det = detectors2d.build(name, **BENCH_DETECTORS[name])
     train = list(MultiViewDataset(data, "train"))
     fit = det.fit(
         train,
-        out=cache_dir() / "train_demo",
+        out=cache_dir() / "train_demo" / name,
         max_minutes=args.minutes,
         max_iters=10**9,
         seed=args.seed,
         resume=args.resume,
-        **BENCH_TRAINING["yolo"],
+        **BENCH_TRAINING[name],
     )
     det.save(out)
     test = MultiViewDataset(data, "test")
     metrics, infer_s = evaluate_detector(det, test, per_view=False)
     report = {
-        "detector": "yolo",
-        "config": BENCH_DETECTORS["yolo"],
-        "training": {**BENCH_TRAINING["yolo"], "minutes": args.minutes, "threads": args.threads},
+        "detector": name,
+        "config": BENCH_DETECTORS[name],
+        "training": {**BENCH_TRAINING[name], "minutes": args.minutes, "threads": args.threads},
         "fit": fit,
         "data": {
             "path": str(data),
