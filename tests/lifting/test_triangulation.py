@@ -73,6 +73,18 @@ def test_missed_views_and_false_positives() -> None:
     assert false_high <= 1
 
 
+def test_max_boxes_keeps_the_best_hypotheses() -> None:
+    rig = Rig.seed(256)
+    sample = make_scene(rig, 4, 7, spread_mm=80.0)
+    dets = oracle_detections(sample, jitter_px=0.5, fp_per_view=8, seed=7)
+    full = TriangulationLifter().lift(sample, dets)
+    top = TriangulationLifter(max_boxes=3).lift(sample, dets)
+    assert len(full) > 3 and len(top) == 3
+    # the first three hypotheses of the association's ranking, with the same boxes
+    match = torch.cdist(top.boxes3d.double(), full.boxes3d.double()).min(1).values
+    assert float(match.max()) < 1e-6
+
+
 def test_a_view_with_no_detection_and_two_views_only() -> None:
     rig = random_rig(7, 3)
     sample = make_scene(rig, 2, 7)

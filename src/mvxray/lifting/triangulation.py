@@ -35,6 +35,9 @@ class TriangulationConfig:
         f_scale_px: robust-loss scale of the box fit, px.
         max_fit_rms_px: boxes whose fitted edges are off by more than this (RMS, px) are dropped.
         min_score: final boxes scoring below this are dropped.
+        max_boxes: box-fit at most this many hypotheses per case, in the association's ranking
+            order (a fit costs ~50 ms, and ~100 noisy detections per view leave hundreds of
+            weak hypotheses; FROC up to 8 false positives per case needs far fewer).
     """
 
     association: AssociationConfig = field(default_factory=AssociationConfig)
@@ -43,6 +46,7 @@ class TriangulationConfig:
     f_scale_px: float = 1.0
     max_fit_rms_px: float = 10.0
     min_score: float = 0.0
+    max_boxes: int = 50
 
 
 class TriangulationLifter:
@@ -99,6 +103,8 @@ class TriangulationLifter:
         K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
         boxes, scores, support = [], [], []
         for p in range(hyp.points.shape[0]):
+            if len(boxes) >= cfg.max_boxes:
+                break
             rows = hyp.support[p]
             views = torch.nonzero(rows >= 0).squeeze(1)
             centre, size = hyp.points[p], hyp.size_mm[p].expand(3)
