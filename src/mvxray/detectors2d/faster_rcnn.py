@@ -32,11 +32,9 @@ from torchvision.ops import MultiScaleRoIAlign, misc
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from mvxray.detectors2d.base import Detections2D
-from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
+from mvxray.detectors2d.checkpoint import config_from_dict
 from mvxray.detectors2d.normalize import (
     TorchDetectorMixin,
-    check_images,
-    has_contrast,
 )
 
 BACKBONES = ("resnet50_fpn", "resnet34_fpn", "resnet18_fpn", "mobilenet_v3")
@@ -211,6 +209,7 @@ class FasterRCNNDetector(TorchDetectorMixin):
     """
 
     name = "faster_rcnn"
+    config_class = FasterRCNNConfig
 
     def __init__(self, config: FasterRCNNConfig | None = None, **overrides: Any) -> None:
         self.config = config_from_dict(FasterRCNNConfig, overrides) if config is None else config
@@ -234,32 +233,14 @@ class FasterRCNNDetector(TorchDetectorMixin):
         losses = self.model(list(x), self._targets([b.to(x.device) for b in boxes]))
         return sum(losses.values())  # type: ignore[return-value]
 
-    @torch.no_grad()
     def predict(self, images: torch.Tensor) -> list[Detections2D]:
-        """Boxes (px), scores in [0, 1] and labels (0-based) for each ``(V, 1, H, W)`` view."""
-        check_images(images, channels=1)
-        was_training = self.model.training
-        self.model.eval()
+        """:meth:`TorchDetectorMixin.predict` with denormal floats flushed."""
         with flush_denormal():
-            out = self._predict(images)
-        self.model.train(was_training)
-        for v in torch.nonzero(~has_contrast(images)).flatten().tolist():
-            out[v] = Detections2D.empty(images.device)
-        return out
+            return super().predict(images)
 
-    def _predict(self, images: torch.Tensor) -> list[Detections2D]:
-        out = []
-        for chunk in images.split(self.config.batch_size):
-            x, scale = self.prepare(chunk)
-            for r in self.model(list(x)):
-                out.append(
-                    Detections2D(
-                        (r["boxes"] / scale).to(images.device),
-                        r["scores"].to(images.device),
-                        (r["labels"] - 1).to(images.device),
-                    )
-                )
-        return out
+    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """torchvision's detections of the prepared views (its class 0 is the background)."""
+        return [(r["boxes"], r["scores"], r["labels"] - 1) for r in self.model(list(x))]
 
     # ------------------------------------------------------------------ features for MV2D
     def features(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
@@ -302,17 +283,3 @@ class FasterRCNNDetector(TorchDetectorMixin):
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state", state) if isinstance(state, dict) else state
         self.model.load_state_dict(state)
-
-    def save(self, path: str | Path) -> None:
-        """Write config + weights to one file, atomically."""
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        save_checkpoint(path, self.name, self.config, state)
-
-    @classmethod
-    def load(cls, path: str | Path) -> FasterRCNNDetector:
-        """Read a detector written by :meth:`save`."""
-        ckpt = read_checkpoint(path)
-        det = cls(config_from_dict(FasterRCNNConfig, ckpt["config"]))
-        det.model.load_state_dict(ckpt["state"])
-        det.model.eval()
-        return det

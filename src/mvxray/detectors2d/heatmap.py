@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvxray.detectors2d.base import Detections2D
-from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
-from mvxray.detectors2d.normalize import TorchDetectorMixin, check_images, has_contrast
+from mvxray.detectors2d.checkpoint import config_from_dict
+from mvxray.detectors2d.normalize import TorchDetectorMixin
 
 
 @dataclass(frozen=True)
@@ -180,6 +178,7 @@ class HeatmapDetector(TorchDetectorMixin):
     """
 
     name = "heatmap"
+    config_class = HeatmapConfig
 
     def __init__(self, config: HeatmapConfig | None = None, **overrides: Any) -> None:
         self.config = config_from_dict(HeatmapConfig, overrides) if config is None else config
@@ -204,62 +203,21 @@ class HeatmapDetector(TorchDetectorMixin):
         focal = centernet_focal_loss(heat_logits, torch.stack(heat_t)[:, None])
         return (focal + c.size_weight * size_l1 + c.offset_weight * off_l1) / max(n_pos, 1)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> list[Detections2D]:
-        """Boxes (px), scores in [0, 1] and labels (0) for each ``(V, 1, H, W)`` view."""
-        check_images(images, channels=1)
+    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """3×3 local maxima of the heatmap above ``score_thresh`` → boxes (px of ``x``)."""
         c = self.config
-        was_training = self.model.training
-        self.model.eval()
-        H, W = images.shape[-2:]
+        heat_logits, size, offset = self.model(x)
+        heat = torch.sigmoid(heat_logits)[:, 0]
+        peaks = heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]
+        w = heat.shape[-1]
         out = []
-        for chunk in images.split(c.batch_size):
-            x, scale = self.prepare(chunk)
-            heat_logits, size, offset = self.model(x)
-            heat = torch.sigmoid(heat_logits)[:, 0]
-            peaks = heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]
-            w = heat.shape[-1]
-            for i in range(len(x)):
-                score = torch.where(peaks[i], heat[i], torch.zeros_like(heat[i])).flatten()
-                k = min(c.detections_per_img, score.numel())
-                top, flat = score.topk(k)
-                keep = top >= c.score_thresh
-                top, flat = top[keep], flat[keep]
-                row, col = flat // w, flat % w
-                centre = torch.stack([col, row], -1).float() + offset[i, :, row, col].T
-                half = size[i, :, row, col].T.exp() / 2
-                b = torch.cat([centre - half, centre + half], -1) / scale
-                b = torch.stack(
-                    [
-                        b[:, 0].clamp(0, W),
-                        b[:, 1].clamp(0, H),
-                        b[:, 2].clamp(0, W),
-                        b[:, 3].clamp(0, H),
-                    ],
-                    dim=1,
-                )
-                out.append(
-                    Detections2D(
-                        b.to(images.device),
-                        top.to(images.device),
-                        torch.zeros(len(top), dtype=torch.long, device=images.device),
-                    )
-                )
-        self.model.train(was_training)
-        for v in torch.nonzero(~has_contrast(images)).flatten().tolist():
-            out[v] = Detections2D.empty(images.device)
+        for i in range(len(x)):
+            score = torch.where(peaks[i], heat[i], torch.zeros_like(heat[i])).flatten()
+            top, flat = score.topk(min(c.detections_per_img, score.numel()))
+            keep = top >= c.score_thresh
+            top, flat = top[keep], flat[keep]
+            row, col = flat // w, flat % w
+            centre = torch.stack([col, row], -1).float() + offset[i, :, row, col].T
+            half = size[i, :, row, col].T.exp() / 2
+            out.append((torch.cat([centre - half, centre + half], -1), top, torch.zeros_like(flat)))
         return out
-
-    def save(self, path: str | Path) -> None:
-        """Write config and weights to one file, atomically."""
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        save_checkpoint(path, self.name, self.config, state)
-
-    @classmethod
-    def load(cls, path: str | Path) -> HeatmapDetector:
-        """Read a detector written by :meth:`save`."""
-        ckpt = read_checkpoint(path)
-        det = cls(config_from_dict(HeatmapConfig, ckpt["config"]))
-        det.model.load_state_dict(ckpt["state"])
-        det.model.eval()
-        return det

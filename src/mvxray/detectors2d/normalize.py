@@ -182,15 +182,67 @@ def xray_channels(
 
 
 class TorchDetectorMixin:
-    """What the learned detectors share: the trainable module, its device, and :meth:`prepare`
-    (per-view normalization to network channels, then the optional explicit resize).
+    """What the learned detectors share: the trainable module, its device, :meth:`prepare`
+    (per-view normalization to network channels, then the optional explicit resize), the
+    prediction loop, training and (state-dict) persistence.
 
-    Needs ``self.model`` (an ``nn.Module``) and ``self.config`` with ``bg_sigma_frac`` and
-    ``input_size``.
+    Needs ``self.model`` (an ``nn.Module``), ``self.config`` with ``bg_sigma_frac``,
+    ``input_size`` and ``batch_size``, the class attribute ``config_class`` (the config
+    dataclass) and :meth:`_detect`.
     """
 
     model: torch.nn.Module
     config: Any
+    config_class: type
+    name: str
+
+    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per prepared view of ``x``: boxes ``(N, 4)`` in px of ``x``, scores, 0-based labels."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> list[Any]:
+        """Boxes (px), scores in [0, 1] and labels (0-based) for each ``(V, 1, H, W)`` view:
+        a list of :class:`~mvxray.detectors2d.base.Detections2D`; a flat view gives none."""
+        from mvxray.detectors2d.base import Detections2D
+
+        check_images(images, channels=1)
+        H, W = images.shape[-2:]
+        limits = torch.tensor([W, H, W, H], dtype=torch.float32, device=images.device)
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        try:
+            for chunk in images.split(self.config.batch_size):
+                x, scale = self.prepare(chunk)
+                for boxes, scores, labels in self._detect(x):
+                    b = (boxes.float().to(images.device) / scale).clamp(min=0).minimum(limits)
+                    out.append(
+                        Detections2D(b, scores.to(images.device), labels.long().to(b.device))
+                    )
+        finally:
+            self.model.train(was_training)
+        for v in torch.nonzero(~has_contrast(images)).flatten().tolist():
+            out[v] = Detections2D.empty(images.device)
+        return out
+
+    def save(self, path: Any) -> None:
+        """Write config and weights to one file, atomically."""
+        from mvxray.detectors2d.checkpoint import save_checkpoint
+
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        save_checkpoint(path, self.name, self.config, state)
+
+    @classmethod
+    def load(cls, path: Any) -> Any:
+        """Read a detector written by :meth:`save`."""
+        from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        det = cls(config_from_dict(cls.config_class, ckpt["config"]))  # type: ignore[call-arg]
+        det.model.load_state_dict(ckpt["state"])
+        det.model.eval()
+        return det
 
     @property
     def module(self) -> torch.nn.Module:

@@ -31,12 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvxray.detectors2d.base import Detections2D
 from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
 from mvxray.detectors2d.normalize import (
     TorchDetectorMixin,
-    check_images,
-    has_contrast,
     robust_normalize,
 )
 from mvxray.paths import cache_dir
@@ -148,6 +145,7 @@ class YoloDetector(TorchDetectorMixin):
     """
 
     name = "yolo"
+    config_class = YoloConfig
 
     def __init__(
         self,
@@ -175,45 +173,17 @@ class YoloDetector(TorchDetectorMixin):
         loss, _ = self.model.loss(batch)
         return loss.sum()
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> list[Detections2D]:
-        """Boxes (px), scores in [0, 1] and labels for each ``(V, 1, H, W)`` view."""
+    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """ultralytics' NMS on the padded input → boxes (px of ``x``), confidences, classes."""
         from ultralytics.utils.nms import non_max_suppression
 
-        check_images(images, channels=1)
         c = self.config
-        was_training = self.model.training
-        self.model.eval()
-        H, W = images.shape[-2:]
-        out = []
-        for chunk in images.split(c.batch_size):
-            x, scale = self.prepare(chunk)
-            preds = self.model(self._pad(x))
-            preds = preds[0] if isinstance(preds, (tuple, list)) else preds
-            for r in non_max_suppression(
-                preds, conf_thres=c.score_thresh, iou_thres=c.nms_iou, max_det=c.detections_per_img
-            ):
-                b = r[:, :4] / scale
-                b = torch.stack(
-                    [
-                        b[:, 0].clamp(0, W),
-                        b[:, 1].clamp(0, H),
-                        b[:, 2].clamp(0, W),
-                        b[:, 3].clamp(0, H),
-                    ],
-                    dim=1,
-                )
-                out.append(
-                    Detections2D(
-                        b.to(images.device),
-                        r[:, 4].to(images.device),
-                        r[:, 5].long().to(images.device),
-                    )
-                )
-        self.model.train(was_training)
-        for v in torch.nonzero(~has_contrast(images)).flatten().tolist():
-            out[v] = Detections2D.empty(images.device)
-        return out
+        preds = self.model(self._pad(x))
+        preds = preds[0] if isinstance(preds, (tuple, list)) else preds
+        nms = non_max_suppression(
+            preds, conf_thres=c.score_thresh, iou_thres=c.nms_iou, max_det=c.detections_per_img
+        )
+        return [(r[:, :4], r[:, 4], r[:, 5]) for r in nms]
 
     def save(self, path: str | Path) -> None:
         """Write config, model yaml and weights to one file, atomically."""
