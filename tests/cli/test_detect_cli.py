@@ -85,13 +85,16 @@ def test_train_then_detect_writes_per_case_json(tiny_dataset, tmp_path, capsys, 
         )
         == 0
     )
-    files = sorted(p.name for p in det_dir.glob("*.json"))
+    files = sorted(p.name for p in det_dir.glob("case*.json"))
     assert files == ["case0.json", "case1.json", "case2.json"]
     doc = json.loads((det_dir / "case2.json").read_text())
     assert doc["case_id"] == "case2" and doc["detector"] == detector and len(doc["views"]) == 2
     dets = read_detections(det_dir / "case2.json")
     assert all(d.boxes.shape[1] == 4 and len(d.scores) == len(d) for d in dets)
     assert "3 case(s)" in capsys.readouterr().out
+    metrics = json.loads((det_dir / "metrics.json").read_text())
+    assert metrics["n_gt"] == 6.0 and metrics["n_images"] == 6.0  # 3 cases x 2 views x 1 box
+    assert 0.0 <= metrics["recall@1fp"] <= 1.0 and set(metrics["per_view"]) == {"0", "1"}
 
 
 def test_train_2d_resume_continues_the_schedule(tiny_dataset, tmp_path):
@@ -134,7 +137,7 @@ def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
         )
         == 1
     )
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "--model" in (err := capsys.readouterr().err) and "no such file" in err
     assert (
         main(
             [
@@ -150,3 +153,14 @@ def test_cli_errors_are_one_line(tiny_dataset, tmp_path, capsys):
         == 1
     )
     assert "unknown 'rcnn'" in capsys.readouterr().err
+
+
+def test_detect_scores_the_oracle_perfectly_and_loads_the_demo(tiny_dataset, tmp_path):
+    out = tmp_path / "oracle"
+    argv = ["detect", "--data", str(tiny_dataset), "--model", "oracle", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recall@1fp"] == 1.0 and metrics["ap50"] == 1.0
+    from mvxray.cli.lift import resolve_detector
+
+    assert resolve_detector("demo", {}).name == "yolo"  # the shipped detector

@@ -1,4 +1,9 @@
-"""``mvxray detect``: run a saved 2D detector on every case of a dataset."""
+"""``mvxray detect``: run a saved 2D detector on every case of a dataset and score it.
+
+Writes ``<case_id>.json`` per case and ``metrics.json``: 2D AP@0.5 and FROC recall at
+0.5 / 1 / 2 / 4 false positives per image against the dataset's visible ground-truth boxes,
+overall and per view index (:class:`mvxray.benchmarks.metrics2d.DetectionEvaluator`).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
-    p.add_argument("--model", type=Path, required=True, help="detector file (from train-2d / save)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="detector file (from train-2d / save), 'demo' (the shipped one) or a training-free name",
+    )
     p.add_argument(
         "--out", type=Path, required=True, help="output folder: one <case_id>.json per case"
     )
@@ -28,17 +37,21 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from mvxray import detectors2d
+    from mvxray.benchmarks.metrics2d import DetectionEvaluator
+    from mvxray.cli.lift import resolve_detector
     from mvxray.datasets.torchdata import MultiViewDataset
     from mvxray.detectors2d.io import write_detections
+    from mvxray.io import atomic_write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    det = detectors2d.load(args.model)
+    det = resolve_detector(args.model, {}, flag="--model")
     ds = MultiViewDataset(args.data, args.split)
-    n_boxes = 0
+    n_boxes, evaluator = 0, DetectionEvaluator()
     for i in tqdm(range(len(ds)), desc=f"detect {det.name}", disable=args.no_progress):
         sample = ds[i]
         dets = detectors2d.predict_sample(det, sample)
+        evaluator.add_sample(dets, sample.boxes2d, sample.visible2d)
         n_boxes += sum(len(d) for d in dets)
         write_detections(
             args.out / f"{ds.case_ids[i]}.json",
@@ -47,5 +60,10 @@ def run(args: argparse.Namespace) -> int:
             detector=det.name,
             model=str(args.model),
         )
-    print(f"{len(ds)} case(s), {n_boxes} detection(s) → {args.out}")
+    metrics = evaluator.compute(per_view=True)
+    atomic_write_json(args.out / "metrics.json", metrics)
+    print(
+        f"{len(ds)} case(s), {n_boxes} detection(s) → {args.out}; 2D recall at 1 FP/image "
+        f"{metrics['recall@1fp']:.3f}, AP@0.5 {metrics['ap50']:.3f} ({int(metrics['n_gt'])} boxes)"
+    )
     return 0

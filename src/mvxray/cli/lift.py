@@ -29,19 +29,24 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def resolve_detector(spec: str, options: dict[str, Any]) -> Any:
-    """A detector from a saved file, or by name for the training-free ones (``oracle``, ``log_blob``).
+def resolve_detector(spec: str | Path, options: dict[str, Any], flag: str = "--detector") -> Any:
+    """A detector from a saved file, ``demo`` (the shipped one), or built by name (``oracle``,
+    ``log_blob``, or an untrained torch detector).
 
     Raises:
         FileNotFoundError: ``spec`` is neither a detector name nor an existing file.
     """
     from mvxray import detectors2d
 
+    spec = str(spec)
+    if spec == "demo" and not Path(spec).exists():
+        return detectors2d.load_demo_detector()
     if spec in detectors2d.DETECTORS and not Path(spec).exists():
         return detectors2d.build(spec, **options)
     if not Path(spec).exists():
         raise FileNotFoundError(
-            f"--detector {spec!r}: no such file, and not a detector name ({sorted(detectors2d.DETECTORS)})"
+            f"{flag} {spec!r}: no such file, not 'demo' and not a detector name "
+            f"({sorted(detectors2d.DETECTORS)})"
         )
     return detectors2d.load(spec)
 
@@ -54,7 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
     p.add_argument(
-        "--detector", required=True, help="saved 2D detector file, or 'oracle' / 'log_blob'"
+        "--detector",
+        required=True,
+        help="saved 2D detector file, 'demo' (the shipped one), or 'oracle' / 'log_blob'",
     )
     p.add_argument("--lifter", default="triangulation", help="triangulation, mv2d or rayemb")
     p.add_argument("--model", type=Path, default=None, help="saved lifter (mv2d, rayemb)")
