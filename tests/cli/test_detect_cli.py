@@ -163,4 +163,4 @@ def test_detect_scores_the_oracle_perfectly_and_loads_the_demo(tiny_dataset, tmp
     assert metrics["recall@1fp"] == 1.0 and metrics["ap50"] == 1.0
     from mvxray.cli.lift import resolve_detector
 
-    assert resolve_detector("demo", {}).name == "yolo"  # the shipped detector
+    assert resolve_detector("demo", {}).name == "heatmap"  # the shipped detector

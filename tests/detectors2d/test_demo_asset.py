@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mvxray.detectors2d import YoloDetector, train_demo
+from mvxray.detectors2d import HeatmapDetector, train_demo
 from mvxray.paths import assets_dir
 
 from .conftest import blob_sample
@@ -17,7 +17,7 @@ def test_shipped_demo_detector_loads_and_predicts():
     path = assets_dir() / train_demo.DEMO_DETECTOR
     assert path.stat().st_size <= 20e6
     det = train_demo.load_demo_detector()
-    assert isinstance(det, YoloDetector)
+    assert isinstance(det, HeatmapDetector)
     dets = det.predict(blob_sample(views=2, size=256).images)
     assert len(dets) == 2 and all(d.boxes.shape[1] == 4 for d in dets)
     report = json.loads((assets_dir() / train_demo.DEMO_METRICS).read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mvxray.detectors2d.base import Detections2D
 from mvxray.geometry import Rig, ShapeError, box3d_center_size
 from mvxray.lifting.association import AssociationConfig, DetectionTable, associate
 from mvxray.lifting.triangulation import TriangulationLifter
@@ -83,6 +84,19 @@ def test_max_boxes_keeps_the_best_hypotheses() -> None:
     # the first three hypotheses of the association's ranking, with the same boxes
     match = torch.cdist(top.boxes3d.double(), full.boxes3d.double()).min(1).values
     assert float(match.max()) < 1e-6
+
+
+def test_many_view_rigs_need_a_fraction_of_their_views() -> None:
+    rig = Rig.seed(256)  # 10 views: 3 must agree by default
+    sample = make_scene(rig, 1, 11)
+    dets = oracle_detections(sample)
+    two = [d if v in (0, 3) else Detections2D.empty() for v, d in enumerate(dets)]
+    three = [d if v in (0, 3, 6) else Detections2D.empty() for v, d in enumerate(dets)]
+    assert len(TriangulationLifter().lift(sample, two)) == 0
+    assert len(TriangulationLifter().lift(sample, three)) == 1
+    assert len(TriangulationLifter(min_view_frac=0.0).lift(sample, two)) == 1
+    with pytest.raises(ValueError, match="min_view_frac"):
+        AssociationConfig(min_view_frac=1.5)
 
 
 def test_a_view_with_no_detection_and_two_views_only() -> None:

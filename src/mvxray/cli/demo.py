@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lifter", default="triangulation", help="lifter name")
     p.add_argument(
-        "--score-threshold", type=float, default=0.15, help="minimum 3D box score (operating point)"
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="minimum 3D box score (default: DemoConfig's operating point, 0.2)",
     )
     p.add_argument("--data", type=Path, default=None, help="use this dataset instead of rendering")
     p.add_argument("--out", type=Path, default=None, help="write summary.json and figures here")
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             detector=args.detector,
             lifter=args.lifter,
-            score_threshold=args.score_threshold,
+            **({} if args.score_threshold is None else {"score_threshold": args.score_threshold}),
             data=args.data,
             out=args.out,
             progress=not args.no_progress,

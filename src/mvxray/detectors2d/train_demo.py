@@ -45,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train the demo detector shipped in mvxray/assets/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--detector", default="yolo", help="a torch detector: yolo, heatmap, ...")
+    parser.add_argument(
+        "--detector", default="heatmap", help="a torch detector: heatmap, yolo, ..."
+    )
     parser.add_argument("--cases", type=int, default=24, help="chest cases (train + test)")
     parser.add_argument("--size", type=int, default=256, help="view size, px")
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget")

@@ -9,8 +9,8 @@
    gathered again.
 3. **Selection**: hypotheses are ranked by score (sum of supporting 2D scores over the number
    of views in which the point is in the image) and accepted greedily when at least
-   ``min_views`` of their detections are not yet claimed and they do not duplicate an accepted
-   point — a non-maximum suppression over hypotheses.
+   ``max(min_views, ⌈min_view_frac · V⌉)`` of their detections are not yet claimed and they do
+   not duplicate an accepted point — a non-maximum suppression over hypotheses.
 
 Robust to missed detections (a hypothesis needs only ``min_views`` views) and to false ones
 (a false positive rarely agrees with detections in several views).
@@ -36,10 +36,15 @@ class AssociationConfig:
         gate_frac: part of the gate proportional to the detection's half-diagonal.
         size_ratio: a supporting detection's size must be within this factor of the expected one.
         min_views: views a hypothesis needs (≥ 2).
+        min_view_frac: ... and at least this fraction of the rig's views (3 of 10 by default:
+            with tens of weak detections per view, two agreeing views happen by chance; chosen
+            on validation chest cases, where it raised CPM from 0.22 to 0.39 with the shipped
+            YOLO and from 0.11 to 0.43 with ``heatmap``).
         min_angle_deg: minimum angle between the two rays of a seed (parallax), degrees.
         refine_iters: re-triangulate / re-gather rounds.
         dup_frac: a hypothesis closer than ``dup_frac`` × its size to an accepted one is a duplicate.
-        max_per_view: keep the highest-scoring detections per view (bounds the seed count).
+        max_per_view: keep the highest-scoring detections per view (bounds the seed count; 20
+            beat 50 with ``heatmap``'s ~100 weak peaks per view on validation cases).
         residual_weight: ranking = score − this × mean normalized reprojection residual.
     """
 
@@ -47,15 +52,18 @@ class AssociationConfig:
     gate_frac: float = 0.5
     size_ratio: float = 2.5
     min_views: int = 2
+    min_view_frac: float = 0.3
     min_angle_deg: float = 3.0
     refine_iters: int = 2
     dup_frac: float = 0.5
-    max_per_view: int = 50
+    max_per_view: int = 20
     residual_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if self.min_views < 2:
             raise ValueError(f"min_views: expected >= 2, found {self.min_views}")
+        if not 0.0 <= self.min_view_frac <= 1.0:
+            raise ValueError(f"min_view_frac: expected in [0, 1], found {self.min_view_frac}")
 
 
 @dataclass
@@ -228,6 +236,7 @@ def refine(hyp: Hypotheses, table: DetectionTable, rig: Rig, cfg: AssociationCon
 def select(hyp: Hypotheses, cfg: AssociationConfig) -> torch.Tensor:
     """Greedy non-maximum suppression over hypotheses; returns the kept indices, best first."""
     n_sup = (hyp.support >= 0).sum(1)
+    need = max(cfg.min_views, math.ceil(cfg.min_view_frac * hyp.support.shape[1] - 1e-9))
     # the reprojection residual breaks near-ties of score: with opposite views (180° apart) a
     # "ghost" pairing two objects can gather as many views as a true one, but fits them worse
     rank = hyp.scores - cfg.residual_weight * hyp.residual
@@ -235,10 +244,10 @@ def select(hyp: Hypotheses, cfg: AssociationConfig) -> torch.Tensor:
     claimed: set[int] = set()
     kept: list[int] = []
     for p in order:
-        if int(n_sup[p]) < cfg.min_views:
+        if int(n_sup[p]) < need:
             continue
         rows = [int(r) for r in hyp.support[p] if r >= 0]
-        if sum(r not in claimed for r in rows) < cfg.min_views:
+        if sum(r not in claimed for r in rows) < need:
             continue
         if kept:
             dist = (hyp.points[kept] - hyp.points[p]).norm(dim=-1)
