@@ -186,3 +186,30 @@ def test_export_yolo_dataset_writes_normalized_labels(tmp_path):
         [float(e) for e in expect], abs=1e-5
     )
     assert (tmp_path / "images" / "train" / "synthetic0_v01.png").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(set(DETECTORS) - {"oracle"}))
+def test_predictions_ignore_the_intensity_scale(name):
+    """A user's views may be 12-bit counts or line integrals in other units: any positive
+    affine change of intensities gives the same detections."""
+    det = detectors2d.build(name, **TINY[name])
+    a = predict_sample(det, blob_sample(views=2, size=64, seed=5))
+    b = predict_sample(det, blob_sample(views=2, size=64, seed=5, scale=4096.0, offset=-300.0))
+    for x, y in zip(a, b):
+        assert len(x) == len(y)
+        torch.testing.assert_close(x.boxes, y.boxes, atol=1e-2, rtol=0)
+        torch.testing.assert_close(x.scores, y.scores, atol=1e-3, rtol=0)
+
+
+def test_shipped_detector_ignores_the_intensity_scale_of_a_chest_view():
+    from mvxray.datasets.phantoms.chest import make_chest_case
+    from mvxray.datasets.render import render_views
+    from mvxray.geometry import Rig
+
+    rig = Rig.seed(128).subset([0])
+    view = render_views(make_chest_case(12345).volume, rig).float()
+    det = detectors2d.load_demo_detector()
+    a, b = det.predict(view)[0], det.predict(view * 1000.0 + 50.0)[0]
+    assert len(a) > 0 and len(a) == len(b)
+    torch.testing.assert_close(a.boxes, b.boxes, atol=1e-2, rtol=0)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-3, rtol=0)
