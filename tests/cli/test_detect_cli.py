@@ -50,14 +50,6 @@ def tiny_dataset(tmp_path):
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize(
     "detector, extra",
     [("log_blob", []), ("yolo", ["--iters", "2", "--option", "model=yolov8n.yaml", "--crop", "0"])],

@@ -52,12 +52,3 @@ def blob_sample(
 @pytest.fixture
 def blob_dataset() -> list[MultiViewSample]:
     return [blob_sample(seed=s) for s in range(2)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the machine is shared, and tiny models gain nothing from more."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

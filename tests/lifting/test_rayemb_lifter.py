@@ -16,14 +16,6 @@ from mvxray.lifting.rayemb.model import RayEmbConfig
 TINY = RayEmbConfig(EncoderConfig(emb_dim=8, width=4, depth=2))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _sample(boxes3d: torch.Tensor, views: int = 4) -> MultiViewSample:
     rig = Rig.circular(views, 400.0, 800.0, 32, 32, 10.0, arc_deg=180.0)
     b2, vis = project_boxes3d(boxes3d.double(), rig.K, rig.T_cam_from_ct, 32, 32)

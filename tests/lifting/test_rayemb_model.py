@@ -22,15 +22,6 @@ from mvxray.lifting.rayemb.train import (
 TINY = EncoderConfig(emb_dim=8, width=4, depth=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the suite runs beside other jobs on a small shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _volume(n: int = 20, seed: int = 0) -> Volume:
     g = torch.Generator().manual_seed(seed)
     idx = torch.stack(

@@ -27,12 +27,3 @@ def blob_volume(n: int = 24, spacing: float = 8.0, seed: int = 0) -> Volume:
 @pytest.fixture(scope="session")
 def tiny_volume() -> Volume:
     return blob_volume()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the suite runs beside other jobs on a small shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
