@@ -14,6 +14,7 @@ from .conftest import make_scene, oracle_detections
 #: Small configurations so the conformance run is quick (untrained where a lifter learns).
 QUICK = {
     "triangulation": {},
+    "voting": {"region_mm": (-40.0, -40.0, -40.0, 40.0, 40.0, 40.0)},
     "mv2d": {
         "channels": 16,
         "embed_dim": 32,

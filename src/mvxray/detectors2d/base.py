@@ -17,11 +17,14 @@ class Detections2D:
         boxes: ``(N, 4)`` px (x1, y1, x2, y2), continuous image coordinates.
         scores: ``(N,)`` confidence in [0, 1].
         labels: ``(N,)`` int64 class labels.
+        heatmap: optional ``(H, W)`` dense evidence in [0, 1] that an indication is centred at
+            each pixel (the ``heatmap`` detector's output; the ``voting`` lifter uses it).
     """
 
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
+    heatmap: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, device: torch.device | str = "cpu") -> Detections2D:

@@ -203,8 +203,9 @@ class HeatmapDetector(TorchDetectorMixin):
         focal = centernet_focal_loss(heat_logits, torch.stack(heat_t)[:, None])
         return (focal + c.size_weight * size_l1 + c.offset_weight * off_l1) / max(n_pos, 1)
 
-    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """3×3 local maxima of the heatmap above ``score_thresh`` → boxes (px of ``x``)."""
+    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """3×3 local maxima of the heatmap above ``score_thresh`` → boxes (px of ``x``), and
+        the dense heatmap itself (for the ``voting`` lifter)."""
         c = self.config
         heat_logits, size, offset = self.model(x)
         heat = torch.sigmoid(heat_logits)[:, 0]
@@ -219,5 +220,6 @@ class HeatmapDetector(TorchDetectorMixin):
             row, col = flat // w, flat % w
             centre = torch.stack([col, row], -1).float() + offset[i, :, row, col].T
             half = size[i, :, row, col].T.exp() / 2
-            out.append((torch.cat([centre - half, centre + half], -1), top, torch.zeros_like(flat)))
+            boxes = torch.cat([centre - half, centre + half], -1)
+            out.append((boxes, top, torch.zeros_like(flat), heat[i]))
         return out

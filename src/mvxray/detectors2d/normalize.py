@@ -181,6 +181,15 @@ def xray_channels(
     return torch.cat([x, hp, dog], dim=1)
 
 
+def _heat_at(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``(h, w)`` heatmap of a resized input at the view's own ``size``."""
+    if tuple(heat.shape) == size:
+        return heat
+    return torch.nn.functional.interpolate(
+        heat[None, None], size=size, mode="bilinear", align_corners=False
+    )[0, 0]
+
+
 class TorchDetectorMixin:
     """What the learned detectors share: the trainable module, its device, :meth:`prepare`
     (per-view normalization to network channels, then the optional explicit resize), the
@@ -196,8 +205,9 @@ class TorchDetectorMixin:
     config_class: type
     name: str
 
-    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per prepared view of ``x``: boxes ``(N, 4)`` in px of ``x``, scores, 0-based labels."""
+    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per prepared view of ``x``: boxes ``(N, 4)`` in px of ``x``, scores, 0-based labels
+        and, for dense detectors, the ``(h, w)`` centre heatmap."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -215,10 +225,15 @@ class TorchDetectorMixin:
         try:
             for chunk in images.split(self.config.batch_size):
                 x, scale = self.prepare(chunk)
-                for boxes, scores, labels in self._detect(x):
+                for boxes, scores, labels, *heat in self._detect(x):
                     b = (boxes.float().to(images.device) / scale).clamp(min=0).minimum(limits)
                     out.append(
-                        Detections2D(b, scores.to(images.device), labels.long().to(b.device))
+                        Detections2D(
+                            b,
+                            scores.to(images.device),
+                            labels.long().to(b.device),
+                            _heat_at(heat[0], (H, W)).to(b.device) if heat else None,
+                        )
                     )
         finally:
             self.model.train(was_training)

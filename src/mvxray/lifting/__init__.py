@@ -26,6 +26,12 @@ def _triangulation(**cfg: Any) -> Lifter:
     return TriangulationLifter(**cfg)
 
 
+def _voting(**cfg: Any) -> Lifter:
+    from mvxray.lifting.voting import VotingLifter
+
+    return VotingLifter(**cfg)
+
+
 def _mv2d(**cfg: Any) -> Lifter:
     from mvxray.lifting.mv2d import MV2DLifter
 
@@ -41,6 +47,7 @@ def _rayemb(**cfg: Any) -> Lifter:
 #: Name → factory of every lifter.
 LIFTERS: dict[str, Callable[..., Lifter]] = {
     "triangulation": _triangulation,
+    "voting": _voting,
     "mv2d": _mv2d,
     "rayemb": _rayemb,
 }

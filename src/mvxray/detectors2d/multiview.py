@@ -1,0 +1,84 @@
+"""Multi-view-consistent 2D detections: any detector, re-scored by what the other views see.
+
+A faint nodule is often no stronger than the anatomy around it in any one view, but it sits at
+one 3D point that every view sees, while a rib crossing or a vessel end is a coincidence of one
+view. :class:`MultiViewDetector` runs a base detector on all views of a calibrated case, lifts
+its evidence to 3D with a lifter (the ``voting`` lifter by default) and returns, in every view,
+the projections of the 3D indications, scored by their 3D score — so an indication gets a box
+in the views where it was missed too, and single-view clutter gets none.
+
+It needs the case's rig, so it detects through :func:`mvxray.detectors2d.predict_sample` (or
+its own :meth:`MultiViewDetector.predict_sample`), not from bare images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mvxray.detectors2d.base import Detections2D, predict_sample
+from mvxray.geometry import project_boxes3d
+
+
+class MultiViewDetector:
+    """Wrap ``base`` (any detector) so its per-view detections agree across the views.
+
+    Args:
+        base: a :class:`~mvxray.detectors2d.base.Detector2D`.
+        lifter: a :class:`~mvxray.lifting.base.Lifter` (default ``voting`` with its defaults).
+
+    Example:
+        >>> from mvxray.detectors2d.oracle import OracleDetector
+        >>> det = MultiViewDetector(OracleDetector())
+        >>> det.name
+        'oracle+multiview'
+    """
+
+    def __init__(self, base: Any, lifter: Any = None) -> None:
+        if lifter is None:
+            from mvxray.lifting import build
+
+            lifter = build("voting")
+        self.base, self.lifter = base, lifter
+        self.name = f"{getattr(base, 'name', type(base).__name__)}+multiview"
+
+    def predict(self, images: torch.Tensor) -> list[Detections2D]:
+        """Not available: multi-view consistency needs the rig of the views."""
+        raise TypeError(
+            f"{self.name}: needs the calibrated rig; call predict_sample(sample) "
+            "(mvxray.detectors2d.predict_sample) instead of predict(images)"
+        )
+
+    def predict_sample(self, sample: Any) -> list[Detections2D]:
+        """Per view of ``sample``: the projected 3D indications, scored by their 3D score."""
+        lifted = self.lifter.lift(sample, predict_sample(self.base, sample))
+        rig = sample.rig
+        device = lifted.boxes3d.device
+        boxes2d, visible = project_boxes3d(
+            lifted.boxes3d.double().cpu(),
+            rig.K.double().cpu(),
+            rig.T_cam_from_ct.double().cpu(),
+            rig.height,
+            rig.width,
+        )
+        out = []
+        for v in range(rig.num_views):
+            keep = visible[v].to(device)
+            out.append(
+                Detections2D(
+                    boxes2d[v].float().to(device)[keep],
+                    lifted.scores[keep],
+                    torch.zeros(int(keep.sum()), dtype=torch.long, device=device),
+                )
+            )
+        return out
+
+    def fit(self, train: Any, val: Any | None = None, **kwargs: Any) -> dict[str, float]:
+        """Train the base detector (the multi-view step has no weights)."""
+        return self.base.fit(train, val, **kwargs)
+
+    def save(self, path: str | Path) -> None:
+        """Save the base detector (load it and wrap it again to restore this one)."""
+        self.base.save(path)
