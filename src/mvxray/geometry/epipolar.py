@@ -12,6 +12,7 @@ from kornia.geometry.epipolar import fundamental_from_projections
 
 from mvxray.geometry._checks import check_shape, promote
 from mvxray.geometry.camera import projection_matrix
+from mvxray.geometry.frames import source_position
 
 
 def fundamental_matrix(
@@ -43,7 +44,14 @@ def fundamental_matrix(
     F = fundamental_from_projections(P_a.expand(*batch, 3, 4), P_b.expand(*batch, 3, 4))
     # Pixel-unit projections give entries ~1e10; unit norm keeps float32 comfortable.
     norm = F.flatten(-2).norm(dim=-1)[..., None, None]
-    return F / norm.clamp(min=torch.finfo(F.dtype).tiny)
+    F = F / norm.clamp(min=torch.finfo(F.dtype).tiny)
+    # Coincident sources have no epipolar geometry; kornia's F is then rounding noise, which
+    # the normalization would blow up to unit norm — say so explicitly with zeros.
+    src_a, src_b = source_position(T_a), source_position(T_b)
+    gap = (src_a - src_b).norm(dim=-1)
+    scale = 1.0 + torch.maximum(src_a.norm(dim=-1), src_b.norm(dim=-1))
+    same = (gap <= 1e3 * torch.finfo(F.dtype).eps * scale)[..., None, None]
+    return torch.where(same, torch.zeros_like(F), F)
 
 
 def epipolar_lines(uv_a: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
