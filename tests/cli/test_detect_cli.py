@@ -156,3 +156,13 @@ def test_detect_scores_the_oracle_perfectly_and_loads_the_demo(tiny_dataset, tmp
     from mvxray.cli.lift import resolve_detector
 
     assert resolve_detector("demo", {}).name == "heatmap"  # the shipped detector
+
+
+def test_detect_multiview_wraps_the_detector(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "mv"
+    argv = ["detect", "--data", str(tiny_dataset), "--model", "oracle", "--out", str(out)]
+    assert main([*argv, "--multiview", "--no-progress"]) == 0
+    assert "3 case(s)" in capsys.readouterr().out
+    doc = json.loads((out / "case0.json").read_text())
+    assert doc["detector"] == "oracle+multiview" and len(doc["views"]) == 2
+    assert json.loads((out / "metrics.json").read_text())["n_images"] == 6.0

@@ -1,6 +1,7 @@
 """``mvxray detect``: run a saved 2D detector on every case of a dataset and score it.
 
-Writes ``<case_id>.json`` per case and ``metrics.json``: 2D AP@0.5 and FROC recall at
+With ``--multiview`` the detector is wrapped in
+:class:`mvxray.detectors2d.multiview.MultiViewDetector`. Writes ``<case_id>.json`` per case and ``metrics.json``: 2D AP@0.5 and FROC recall at
 0.5 / 1 / 2 / 4 false positives per image against the dataset's visible ground-truth boxes,
 overall and per view index (:class:`mvxray.benchmarks.metrics2d.DetectionEvaluator`).
 """
@@ -27,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, required=True, help="output folder: one <case_id>.json per case"
     )
     p.add_argument("--split", default="all", help="split to run on (all, train, val, test)")
+    p.add_argument(
+        "--multiview",
+        action="store_true",
+        help="make the detections consistent across each case's views (voting lifter, then "
+        "the 3D indications projected into every view; see docs/detectors.md)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -46,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     det = resolve_detector(args.model, {}, flag="--model")
+    if args.multiview:
+        from mvxray.detectors2d.multiview import MultiViewDetector
+
+        det = MultiViewDetector(det)
     ds = MultiViewDataset(args.data, args.split)
     n_boxes, evaluator = 0, DetectionEvaluator()
     for i in tqdm(range(len(ds)), desc=f"detect {det.name}", disable=args.no_progress):
