@@ -20,12 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detector", default=None, help="detector name or checkpoint (default: shipped)"
     )
-    p.add_argument("--lifter", default="triangulation", help="lifter name")
+    p.add_argument("--lifter", default="voting", help="lifter name")
     p.add_argument(
         "--score-threshold",
         type=float,
         default=None,
-        help="minimum 3D box score (default: DemoConfig's operating point, 0.2)",
+        help="minimum 3D box score (default: the lifter's operating point, "
+        "mvxray.demo.OPERATING_POINTS: voting 0.1, triangulation 0.2)",
     )
     p.add_argument("--data", type=Path, default=None, help="use this dataset instead of rendering")
     p.add_argument("--out", type=Path, default=None, help="write summary.json and figures here")
