@@ -199,7 +199,7 @@ def vote_peaks(
 
 
 class VotingLifter:
-    """Training-free lifter: 3D vote of the per-view evidence, then box fits.
+    """Training-free lifter: a 3D vote of the per-view evidence; boxes sized from the 2D support.
 
     Example:
         >>> from mvxray.geometry import Rig
