@@ -1,9 +1,9 @@
 """``mvxray detect``: run a saved 2D detector on every case of a dataset and score it.
 
-With ``--multiview`` the detector is wrapped in
-:class:`mvxray.detectors2d.multiview.MultiViewDetector`. Writes ``<case_id>.json`` per case and ``metrics.json``: 2D AP@0.5 and FROC recall at
+Writes ``<case_id>.json`` per case and ``metrics.json``: 2D AP@0.5 and FROC recall at
 0.5 / 1 / 2 / 4 false positives per image against the dataset's visible ground-truth boxes,
-overall and per view index (:class:`mvxray.benchmarks.metrics2d.DetectionEvaluator`).
+overall and per view index (:class:`mvxray.benchmarks.metrics2d.DetectionEvaluator`). With
+``--multiview`` the detector is wrapped in :class:`mvxray.detectors2d.multiview.MultiViewDetector`.
 """
 
 from __future__ import annotations

@@ -54,26 +54,18 @@ class MultiViewDetector:
     def predict_sample(self, sample: Any) -> list[Detections2D]:
         """Per view of ``sample``: the projected 3D indications, scored by their 3D score."""
         lifted = self.lifter.lift(sample, predict_sample(self.base, sample))
-        rig = sample.rig
-        device = lifted.boxes3d.device
+        rig, device = sample.rig, lifted.boxes3d.device
         boxes2d, visible = project_boxes3d(
-            lifted.boxes3d.double().cpu(),
-            rig.K.double().cpu(),
-            rig.T_cam_from_ct.double().cpu(),
-            rig.height,
-            rig.width,
+            lifted.boxes3d, rig.K.to(device), rig.T_cam_from_ct.to(device), rig.height, rig.width
         )
-        out = []
-        for v in range(rig.num_views):
-            keep = visible[v].to(device)
-            out.append(
-                Detections2D(
-                    boxes2d[v].float().to(device)[keep],
-                    lifted.scores[keep],
-                    torch.zeros(int(keep.sum()), dtype=torch.long, device=device),
-                )
+        return [
+            Detections2D(
+                boxes2d[v][keep].float(),
+                lifted.scores[keep],
+                torch.zeros(int(keep.sum()), dtype=torch.long, device=device),
             )
-        return out
+            for v, keep in enumerate(visible)
+        ]
 
     def fit(self, train: Any, val: Any | None = None, **kwargs: Any) -> dict[str, float]:
         """Train the base detector (the multi-view step has no weights)."""

@@ -93,6 +93,10 @@ class DetectionTable:
         wh = (self.boxes[:, 2:] - self.boxes[:, :2]).clamp(min=1e-3)
         return wh.prod(-1).sqrt()
 
+    def gates(self, gate_px: float, gate_frac: float) -> torch.Tensor:
+        """``(D,)`` centre gates, px: ``gate_px`` + ``gate_frac`` × the half-diagonal."""
+        return gate_px + gate_frac * self.sizes * math.sqrt(2) / 2
+
     @classmethod
     def from_detections(cls, detections: list[Detections2D], max_per_view: int) -> DetectionTable:
         """Flatten per-view detections (float64, CPU), keeping the best ``max_per_view`` of each."""
@@ -128,10 +132,6 @@ class Hypotheses:
     residual: torch.Tensor
 
 
-def _gate(table: DetectionTable, cfg: AssociationConfig) -> torch.Tensor:
-    return cfg.gate_px + cfg.gate_frac * table.sizes * math.sqrt(2) / 2
-
-
 def seed_pairs(
     table: DetectionTable, rig: Rig, cfg: AssociationConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +151,7 @@ def seed_pairs(
     uv = torch.stack([table.centres[i], table.centres[j]], 1)[:, :, None]  # (P, 2, 1, 2)
     tri = triangulate(uv, K[pair_views], T[pair_views], min_angle_deg=cfg.min_angle_deg)
     X = tri.points[:, 0]
-    gate = _gate(table, cfg)
+    gate = table.gates(cfg.gate_px, cfg.gate_frac)
     # the epipolar test: the point reprojects within the gate in both views (inf behind a source)
     resid = tri.residuals_px[:, :, 0]
     ok = ~tri.degenerate[:, 0] & (resid[:, 0] <= gate[i]) & (resid[:, 1] <= gate[j])
@@ -187,7 +187,7 @@ def gather_support(
     ).T  # (P, V)
     support = torch.full((P, V), -1, dtype=torch.long)
     resid = torch.zeros(P, V, dtype=torch.float64)
-    gate = _gate(table, cfg)
+    gate = table.gates(cfg.gate_px, cfg.gate_frac)
     for v in range(V):
         rows = torch.nonzero(table.view == v).squeeze(1)
         if rows.numel() == 0 or P == 0:

@@ -6,9 +6,10 @@ as Gaussians (σ ∝ box size) scaled by their scores, so every detector works. 
 of a grid over the region of interest scores the geometric mean of ``e_v(π_v(x)) + ε`` over the
 views that see it — a naive-Bayes vote: an indication seen moderately in every view beats
 clutter (a rib crossing, a vessel end) that is strong in one view only, and no view has to
-reach a detection threshold. The vote's 3D local maxima are the hypotheses; each is refined by
-fitting the 3D box whose projections match the detections nearest its projections
-(:func:`mvxray.lifting.boxfit.fit_box3d`).
+reach a detection threshold. The vote's 3D local maxima, refined below the voxel, are the
+indications' centres; each is sized from the detections that support it in each view (their
+median back-projected size, or with ``fit_box`` the extent of the 3D box whose projections match
+them, :func:`mvxray.lifting.boxfit.fit_box3d`).
 
 Written by hand: voxel voting (as in VoxelPose) lives inside framework-bound pose code; here it
 is a few lines on the geometry core's projection and ``grid_sample``.
@@ -25,8 +26,9 @@ import torch.nn.functional as F
 
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D
-from mvxray.geometry import Rig, box3d_from_center_size, project_points
+from mvxray.geometry import Rig, box3d_from_center_size, project_points, visible_mask
 from mvxray.geometry._checks import ShapeError
+from mvxray.lifting.association import DetectionTable
 from mvxray.lifting.base import Lifted3D
 from mvxray.lifting.boxfit import fit_box3d
 
@@ -117,7 +119,7 @@ def evidence_maps(
         sigma = (sigma_frac * (b[:, 2:] - b[:, :2]).clamp(min=1).prod(-1).sqrt()).clamp(
             min=min_sigma_px
         )
-        for i in range(len(d)):  # one Gaussian at a time: (N, H, W) would not fit for N ~ 100
+        for i in range(len(d)):  # one at a time: (N, H, W) is 400 MB for 100 boxes at 1024 px
             g = torch.exp(
                 -((ys[:, None] - c[i, 1]) ** 2 + (xs[None, :] - c[i, 0]) ** 2) / (2 * sigma[i] ** 2)
             )
@@ -154,8 +156,7 @@ def vote_volume(
     out = torch.empty(grid.shape[0])
     for s in range(0, grid.shape[0], cfg.chunk):
         uv, z = project_points(grid[s : s + cfg.chunk], K, T)  # (V, n, 2), (V, n)
-        seen = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0)
-        seen &= uv[..., 1] <= H
+        seen = visible_mask(uv, z, H, W)
         # grid_sample's align_corners=False puts -1 / +1 at the image borders: pixel centres
         # at +0.5, the same rule as the geometry core (docs/conventions.md).
         g = torch.stack([2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1], -1)[:, None]
@@ -240,11 +241,12 @@ class VotingLifter:
         keep = scores >= cfg.min_score
         points, scores = points[keep], scores[keep]
         K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
-        boxes, support = [], []
-        for p in range(points.shape[0]):
-            box, sup = self._box(points[p].double(), detections, K, T, rig)
-            boxes.append(box)
-            support.append(sup)
+        table = DetectionTable.from_detections(detections, max(map(len, detections), default=0))
+        points = points.double()
+        rows, depth = self._support(points, table, K, T)
+        boxes = [
+            self._box(points[p], rows[p], depth[:, p], table, K, T, rig) for p in range(len(points))
+        ]
         if not boxes:
             return Lifted3D(
                 torch.zeros(0, 6, device=device),
@@ -254,52 +256,55 @@ class VotingLifter:
         return Lifted3D(
             torch.stack(boxes).float().to(device),
             scores.float().to(device),
-            torch.stack(support).to(device),
+            (rows >= 0).to(device),
         )
+
+    def _support(
+        self, points: torch.Tensor, table: DetectionTable, K: torch.Tensor, T: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per point and view, the best-scoring detection whose centre lies within its gate of
+        the point's projection: rows ``(P, V)`` of ``table`` (−1: none) and depths ``(V, P)``."""
+        uv, depth = project_points(points, K, T)  # (V, P, 2), (V, P)
+        gate = table.gates(self.config.gate_px, self.config.gate_frac)
+        rows = torch.full((points.shape[0], K.shape[0]), -1, dtype=torch.long)
+        for v in range(K.shape[0]):
+            r = torch.nonzero(table.view == v).squeeze(1)
+            if r.numel() == 0:
+                continue
+            ok = (torch.cdist(uv[v], table.centres[r]) <= gate[r]) & (depth[v, :, None] > 0)
+            best = torch.where(ok, table.scores[r], -1.0).argmax(1)
+            rows[:, v] = torch.where(ok.any(1), r[best], -1)
+        return rows, depth
 
     def _box(
         self,
         point: torch.Tensor,
-        detections: list[Detections2D],
+        rows: torch.Tensor,
+        depth: torch.Tensor,
+        table: DetectionTable,
         K: torch.Tensor,
         T: torch.Tensor,
         rig: Rig,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The box of one vote peak and the views whose detections support it."""
+    ) -> torch.Tensor:
+        """The box of one vote peak from its supporting detections ``rows`` ``(V,)``."""
         cfg = self.config
-        uv, depth = project_points(point[None], K, T)  # (V, 1, 2), (V, 1)
-        rows, views, sizes = [], [], []
-        for v, d in enumerate(detections):
-            if len(d) == 0 or depth[v, 0] <= 0:
-                continue
-            b = d.boxes.detach().double().cpu()
-            c = (b[:, :2] + b[:, 2:]) / 2
-            half_diag = (b[:, 2:] - b[:, :2]).norm(dim=-1) / 2
-            ok = (c - uv[v, 0]).norm(dim=-1) <= cfg.gate_px + cfg.gate_frac * half_diag
-            if not bool(ok.any()):
-                continue
-            i = int(torch.where(ok, d.scores.detach().double().cpu(), -1.0).argmax())
-            rows.append((b[i], float(d.scores[i])))
-            views.append(v)
-            wh = (b[i, 2:] - b[i, :2]).clamp(min=1e-3)
-            sizes.append(float(wh.prod().sqrt() * depth[v, 0] / K[v, 0, 0]))
-        support = torch.zeros(len(detections), dtype=torch.bool)
-        support[views] = True
-        est = cfg.default_size_mm if len(sizes) < 2 else float(torch.tensor(sizes).median())
+        views = torch.nonzero(rows >= 0).squeeze(1)
+        r = rows[views]
+        sizes = table.sizes[r] * depth[views] / K[views, 0, 0]  # back-projected, mm
+        est = cfg.default_size_mm if len(views) < 2 else float(sizes.median())
         size = torch.full((3,), est, dtype=torch.float64)
-        cube = box3d_from_center_size(point[None], size[None])[0]
         if not cfg.fit_box or len(views) < 2:
-            return cube, support
+            return box3d_from_center_size(point[None], size[None])[0]
         box, _ = fit_box3d(
-            torch.stack([r[0] for r in rows]),
+            table.boxes[r],
             K[views],
             T[views],
             rig.height,
             rig.width,
             point,
             size,
-            weights=torch.tensor([r[1] for r in rows], dtype=torch.float64),
+            weights=table.scores[r],
         )
         # The centre comes from the dense vote (all views, no threshold), the extent from the
         # supporting 2D boxes: a wrong supporting box must not move the indication.
-        return box3d_from_center_size(point[None], (box[3:] - box[:3])[None])[0], support
+        return box3d_from_center_size(point[None], (box[3:] - box[:3])[None])[0]
