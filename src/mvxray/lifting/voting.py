@@ -199,6 +199,29 @@ def vote_peaks(
     return pts, top
 
 
+@dataclass
+class Candidates:
+    """The vote maxima of one case, what they were found in, and their 2D support.
+
+    Attributes:
+        points: ``(P, 3)`` CT mm (float64), by decreasing vote.
+        votes: ``(P,)`` mean log evidence.
+        maps: ``(V, H, W)`` per-view evidence (:func:`evidence_maps`).
+        volume: the vote volume and ``axes`` its voxel-centre coordinates (:func:`vote_volume`).
+        table: the case's detections; ``rows`` ``(P, V)`` the supporting row of each view (−1:
+            none) and ``depth`` ``(V, P)`` the points' camera depths, mm.
+    """
+
+    points: torch.Tensor
+    votes: torch.Tensor
+    maps: torch.Tensor
+    volume: torch.Tensor
+    axes: list[torch.Tensor]
+    table: DetectionTable
+    rows: torch.Tensor
+    depth: torch.Tensor
+
+
 class VotingLifter:
     """Training-free lifter: a 3D vote of the per-view evidence; boxes sized from the 2D support.
 
@@ -223,40 +246,65 @@ class VotingLifter:
         Raises:
             ShapeError: not one detection list per view, or a heatmap of the wrong size.
         """
+        c = self.candidates(sample, detections)
+        return self._lifted(sample, detections, c, self.vote_scores(c.votes))
+
+    def vote_scores(self, votes: torch.Tensor) -> torch.Tensor:
+        """The geometric mean of (evidence + eps) of each vote, back to the evidence scale [0, 1]."""
+        return (votes.double().exp() - self.config.eps).clamp(0, 1)
+
+    def candidates(self, sample: MultiViewSample, detections: list[Detections2D]) -> Candidates:
+        """The vote's local maxima of one case (at most ``max_boxes``, above ``min_score``) and
+        their supporting detections.
+
+        Raises:
+            ShapeError: not one detection list per view, or a heatmap of the wrong size.
+        """
         rig, cfg = sample.rig, self.config
         V = rig.num_views
         if len(detections) != V:
             raise ShapeError(
                 f"detections: expected one entry per view ({V}), found {len(detections)}"
             )
-        device = detections[0].boxes.device if detections else torch.device("cpu")
         maps = evidence_maps(
             detections, rig.height, rig.width, cfg.splat_sigma_frac, cfg.min_sigma_px
         )
         score, axes = vote_volume(maps, rig, _region(sample, cfg), cfg)
         radius = max(1, round(cfg.nms_radius_mm / cfg.step_mm))
         points, votes = vote_peaks(score, axes, radius, cfg.max_boxes)
-        # The geometric mean of (evidence + eps), back to the evidence scale [0, 1].
-        scores = (votes.double().exp() - cfg.eps).clamp(0, 1)
-        keep = scores >= cfg.min_score
-        points, scores = points[keep], scores[keep]
-        K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
+        keep = self.vote_scores(votes) >= cfg.min_score
+        points, votes = points[keep].double(), votes[keep]
         table = DetectionTable.from_detections(detections, max(map(len, detections), default=0))
-        points = points.double()
-        rows, depth = self._support(points, table, K, T)
-        boxes = [
-            self._box(points[p], rows[p], depth[:, p], table, K, T, rig) for p in range(len(points))
-        ]
-        if not boxes:
+        rows, depth = self._support(
+            points, table, rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
+        )
+        return Candidates(points, votes, maps, score, axes, table, rows, depth)
+
+    def _lifted(
+        self,
+        sample: MultiViewSample,
+        detections: list[Detections2D],
+        c: Candidates,
+        scores: torch.Tensor,
+    ) -> Lifted3D:
+        """Boxes of the candidates ``c`` with ``scores`` ``(P,)``, sorted by decreasing score."""
+        rig = sample.rig
+        device = detections[0].boxes.device if detections else torch.device("cpu")
+        if len(c.points) == 0:
             return Lifted3D(
                 torch.zeros(0, 6, device=device),
                 torch.zeros(0, device=device),
-                torch.zeros(0, V, dtype=torch.bool, device=device),
+                torch.zeros(0, rig.num_views, dtype=torch.bool, device=device),
             )
+        K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
+        order = scores.argsort(descending=True)
+        boxes = [
+            self._box(c.points[p], c.rows[p], c.depth[:, p], c.table, K, T, rig) for p in order
+        ]
         return Lifted3D(
             torch.stack(boxes).float().to(device),
-            scores.float().to(device),
-            (rows >= 0).to(device),
+            scores[order].float().to(device),
+            (c.rows[order] >= 0).to(device),
         )
 
     def _support(
