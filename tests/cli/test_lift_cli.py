@@ -200,6 +200,24 @@ def test_train3d_rayemb_then_lift(dataset: Path, tmp_path: Path) -> None:
     assert json.loads((out / "case2.json").read_text())["lifter"] == "rayemb"
 
 
+def test_train3d_voting_fpr_then_lift(dataset: Path, tmp_path: Path) -> None:
+    model_dir, out = tmp_path / "fpr", tmp_path / "pred"
+    argv = ["train-3d", "--data", str(dataset), "--detector", "oracle", "--lifter", "voting_fpr"]
+    assert main([*argv, "--out", str(model_dir), "--no-progress", "--opt", "hidden=0"]) == 0
+    metrics = json.loads((model_dir / "train_metrics.json").read_text())
+    assert metrics["positives"] == 4 and metrics["candidates"] > 4  # 2 cases x 2 boxes
+    argv = ["lift", "--data", str(dataset), "--detector", "oracle", "--lifter", "voting_fpr"]
+    argv += ["--model", str(model_dir / "voting_fpr.pt"), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    doc = json.loads((out / "case2.json").read_text())
+    assert doc["lifter"] == "voting_fpr" and doc["scores"] == sorted(doc["scores"], reverse=True)
+    truth = json.loads((dataset / "case2" / "case.json").read_text())["boxes3d_ct_mm"]
+    top2 = torch.tensor(doc["boxes3d_ct_mm"][:2], dtype=torch.float64)
+    t = torch.tensor(truth, dtype=torch.float64)
+    dist = torch.cdist((t[:, :3] + t[:, 3:]) / 2, (top2[:, :3] + top2[:, 3:]) / 2).min(1).values
+    assert float(dist.max()) < 2.0  # the oracle's two boxes are the two best candidates
+
+
 def test_train3d_joint_shares_the_backbone_then_lifts(
     dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

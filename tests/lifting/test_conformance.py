@@ -15,6 +15,7 @@ from .conftest import make_scene, oracle_detections
 QUICK = {
     "triangulation": {},
     "voting": {"region_mm": (-40.0, -40.0, -40.0, 40.0, 40.0, 40.0)},
+    "voting_fpr": {"region_mm": (-40.0, -40.0, -40.0, 40.0, 40.0, 40.0)},
     "mv2d": {
         "channels": 16,
         "embed_dim": 32,

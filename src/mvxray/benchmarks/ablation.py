@@ -272,6 +272,8 @@ class Runner:
                 max_minutes=budget,
                 augment=cell["augment"],
             )
+        elif name == "voting_fpr":  # seconds: an MLP on the detector's vote candidates
+            lifter.fit(train, None, detector=detector, progress=self.progress)
         else:
             lifter.fit(train, None, max_minutes=budget, augment=cell["augment"])
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -63,8 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="saved 2D detector file, 'demo' (the shipped one), or 'oracle' / 'log_blob'",
     )
-    p.add_argument("--lifter", default="triangulation", help="triangulation, mv2d or rayemb")
-    p.add_argument("--model", type=Path, default=None, help="saved lifter (mv2d, rayemb)")
+    p.add_argument(
+        "--lifter",
+        default="triangulation",
+        help="triangulation, voting, voting_fpr, mv2d or rayemb",
+    )
+    p.add_argument(
+        "--model", type=Path, default=None, help="saved lifter (mv2d, rayemb, voting_fpr)"
+    )
     p.add_argument(
         "--out", type=Path, required=True, help="output folder: one <case_id>.json per case"
     )

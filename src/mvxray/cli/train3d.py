@@ -1,4 +1,4 @@
-"""``mvxray train-3d``: train a learned lifter (mv2d) on a dataset's training split."""
+"""``mvxray train-3d``: train a learned lifter (mv2d, rayemb, voting_fpr) on a dataset's training split."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detector", default="oracle", help="saved 2D detector file, or 'oracle' / 'log_blob'"
     )
-    p.add_argument("--lifter", default="mv2d", help="trainable lifter: mv2d or rayemb")
+    p.add_argument("--lifter", default="mv2d", help="trainable lifter: mv2d, rayemb or voting_fpr")
     p.add_argument("--out", type=Path, required=True, help="output folder (checkpoints, model)")
     p.add_argument("--split", default="train", help="training split")
     p.add_argument("--val-split", default="val", help="validation split ('' for none)")
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             "lr": args.lr,
         }
         kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "detector"}
+    elif args.lifter == "voting_fpr":  # learns from the detector's output on the cases
+        kwargs = {"detector": detector, "progress": not args.no_progress}
     elif args.joint:
         raise ValueError(f"--joint: only mv2d trains with a 2D detector, not {args.lifter!r}")
     else:  # rayemb trains its embedding from the views alone (no detector, no epochs)

@@ -32,6 +32,12 @@ def _voting(**cfg: Any) -> Lifter:
     return VotingLifter(**cfg)
 
 
+def _voting_fpr(**cfg: Any) -> Lifter:
+    from mvxray.lifting.fpr import FPRVotingLifter
+
+    return FPRVotingLifter(**cfg)
+
+
 def _mv2d(**cfg: Any) -> Lifter:
     from mvxray.lifting.mv2d import MV2DLifter
 
@@ -48,6 +54,7 @@ def _rayemb(**cfg: Any) -> Lifter:
 LIFTERS: dict[str, Callable[..., Lifter]] = {
     "triangulation": _triangulation,
     "voting": _voting,
+    "voting_fpr": _voting_fpr,
     "mv2d": _mv2d,
     "rayemb": _rayemb,
 }
@@ -70,6 +77,7 @@ def build(name: str, **cfg: Any) -> Lifter:
 
 #: Trainable lifters: name → (module, class) whose ``load(path)`` reads a saved lifter.
 TRAINABLE: dict[str, tuple[str, str]] = {
+    "voting_fpr": ("mvxray.lifting.fpr", "FPRVotingLifter"),
     "mv2d": ("mvxray.lifting.mv2d", "MV2DLifter"),
     "rayemb": ("mvxray.lifting.rayemb.lifter", "RayEmbLifter"),
 }
