@@ -180,8 +180,8 @@ class FPRVotingLifter(VotingLifter):
 
     Example:
         >>> lifter = FPRVotingLifter(hidden=0)
-        >>> lifter.fitted, lifter.config.voting.max_boxes
-        (False, 40)
+        >>> lifter.fitted, lifter.fpr.hidden, lifter.config.max_boxes   # config: the vote's
+        (False, 0, 40)
     """
 
     name = "voting_fpr"
