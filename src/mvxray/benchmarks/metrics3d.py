@@ -57,6 +57,18 @@ def _centre_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(box3d_center_size(a)[0], box3d_center_size(b)[0])
 
 
+def froc_hits(centres: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """``(N, M)`` LUNA16 hits: predicted centre ``n`` (CT mm) lies within the radius of true box
+    ``m`` (half its mean extent).
+
+    Example:
+        >>> froc_hits(torch.tensor([[0.0, 0, 0], [3.0, 0, 0]]), torch.tensor([[-2.0, -2, -2, 2, 2, 2]])).tolist()
+        [[True], [False]]
+    """
+    c, size = box3d_center_size(gt.double())
+    return torch.cdist(centres.double(), c) <= size.mean(-1)[None] / 2
+
+
 def match_greedy(
     pred_boxes: torch.Tensor,
     pred_scores: torch.Tensor,
@@ -169,8 +181,7 @@ def froc(
         if gt.shape[0] == 0:
             entries += [(float(s), False) for s in scores]
             continue
-        radius = box3d_center_size(gt)[1].mean(-1) / 2
-        hits = _centre_dist(boxes, gt) <= radius[None]  # (N, M)
+        hits = froc_hits(box3d_center_size(boxes)[0], gt)  # (N, M)
         for m in range(gt.shape[0]):
             if bool(hits[:, m].any()):
                 entries.append((float(scores[hits[:, m]].max()), True))

@@ -118,10 +118,10 @@ def candidate_features(
     prominence = torch.stack([c.votes - _ring_mean(c, r) for r in (4.0, 8.0, 12.0)], -1)
     support = (c.rows >= 0).float().mean(1, keepdim=True)
     sizes = torch.zeros(P, 2)
+    K = rig.K.double().cpu()
     for p in range(P):
-        v = torch.nonzero(c.rows[p] >= 0).squeeze(1)
-        if len(v) >= 2:
-            mm = c.table.sizes[c.rows[p, v]] * c.depth[v, p] / rig.K[v, 0, 0].double().cpu()
+        mm = c.support_sizes_mm(p, K)
+        if len(mm) >= 2:
             med = mm.median()
             sizes[p] = torch.stack([med.log(), mm.std() / med]).float()
     below = (c.votes - c.votes.max())[:, None]
@@ -166,11 +166,11 @@ class _MLP(nn.Module):
 def candidate_labels(c: Candidates, boxes3d: torch.Tensor) -> torch.Tensor:
     """``(P,)`` 1.0 where a candidate lies within an indication's radius (half its mean box
     extent: the FROC hit rule), else 0.0."""
+    from mvxray.benchmarks.metrics3d import froc_hits  # the metric's own rule, not a copy
+
     if len(c.points) == 0 or len(boxes3d) == 0:
         return torch.zeros(len(c.points))
-    b = boxes3d.double().cpu()
-    centre, radius = (b[:, :3] + b[:, 3:]) / 2, (b[:, 3:] - b[:, :3]).mean(1) / 2
-    return (torch.cdist(c.points, centre) <= radius[None]).any(1).float()
+    return froc_hits(c.points, boxes3d.cpu()).any(1).float()
 
 
 class FPRVotingLifter(VotingLifter):
@@ -198,7 +198,6 @@ class FPRVotingLifter(VotingLifter):
             config = FPRConfig(**overrides, voting=voting)
         self.fpr = config
         super().__init__(config.voting)
-        torch.manual_seed(config.seed)
         self.model = _MLP(len(FEATURES), config.hidden)
         self.fitted = False
 
@@ -230,16 +229,17 @@ class FPRVotingLifter(VotingLifter):
             ValueError: no training candidate, or none is a positive (nothing to learn from).
         """
         x, y = self._dataset(train, detector, progress)
-        if len(y) and y.sum() == 0:
+        if not len(y):
+            raise ValueError("FPRVotingLifter.fit: no training candidate (no sample, or no vote)")
+        if y.sum() == 0:
             raise ValueError(
                 f"FPRVotingLifter.fit: none of the {len(y)} training candidates hits an "
                 "indication; check the detector and the ground truth"
             )
-        if not len(y):
-            raise ValueError("FPRVotingLifter.fit: no training candidate (no sample, or no vote)")
         cfg = self.fpr
-        torch.manual_seed(cfg.seed)
-        model = _MLP(x.shape[1], cfg.hidden)
+        with torch.random.fork_rng():  # seeded initialization without touching the caller's RNG
+            torch.manual_seed(cfg.seed)
+            model = _MLP(x.shape[1], cfg.hidden)
         model.mean.copy_(x.mean(0))
         model.std.copy_(x.std(0).clamp(min=1e-6))
         opt = torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)

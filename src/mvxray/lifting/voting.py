@@ -221,6 +221,12 @@ class Candidates:
     rows: torch.Tensor
     depth: torch.Tensor
 
+    def support_sizes_mm(self, p: int, K: torch.Tensor) -> torch.Tensor:
+        """The sizes of candidate ``p``'s supporting detections back-projected to its depth
+        (2D size × depth / focal, mm), one per supporting view; ``K`` is the rig's ``(V, 3, 3)``."""
+        views = torch.nonzero(self.rows[p] >= 0).squeeze(1)
+        return self.table.sizes[self.rows[p, views]] * self.depth[views, p] / K[views, 0, 0]
+
 
 class VotingLifter:
     """Training-free lifter: a 3D vote of the per-view evidence; boxes sized from the 2D support.
@@ -298,9 +304,7 @@ class VotingLifter:
             )
         K, T = rig.K.double().cpu(), rig.T_cam_from_ct.double().cpu()
         order = scores.argsort(descending=True)
-        boxes = [
-            self._box(c.points[p], c.rows[p], c.depth[:, p], c.table, K, T, rig) for p in order
-        ]
+        boxes = [self._box(c, int(p), K, T, rig) for p in order]
         return Lifted3D(
             torch.stack(boxes).float().to(device),
             scores[order].float().to(device),
@@ -325,20 +329,13 @@ class VotingLifter:
         return rows, depth
 
     def _box(
-        self,
-        point: torch.Tensor,
-        rows: torch.Tensor,
-        depth: torch.Tensor,
-        table: DetectionTable,
-        K: torch.Tensor,
-        T: torch.Tensor,
-        rig: Rig,
+        self, c: Candidates, p: int, K: torch.Tensor, T: torch.Tensor, rig: Rig
     ) -> torch.Tensor:
-        """The box of one vote peak from its supporting detections ``rows`` ``(V,)``."""
-        cfg = self.config
-        views = torch.nonzero(rows >= 0).squeeze(1)
-        r = rows[views]
-        sizes = table.sizes[r] * depth[views] / K[views, 0, 0]  # back-projected, mm
+        """The box of vote peak ``p`` from its supporting detections."""
+        cfg, point, table = self.config, c.points[p], c.table
+        views = torch.nonzero(c.rows[p] >= 0).squeeze(1)
+        r = c.rows[p, views]
+        sizes = c.support_sizes_mm(p, K)
         est = cfg.default_size_mm if len(views) < 2 else float(sizes.median())
         size = torch.full((3,), est, dtype=torch.float64)
         if not cfg.fit_box or len(views) < 2:
