@@ -162,6 +162,8 @@ def test_train3d_rayemb_then_lift(dataset: Path, tmp_path: Path) -> None:
             "rayemb",
             "--out",
             str(model_dir),
+            "--device",
+            "cpu",
             "--no-progress",
             "--train-opt",
             "steps=2",
@@ -203,6 +205,7 @@ def test_train3d_rayemb_then_lift(dataset: Path, tmp_path: Path) -> None:
 def test_train3d_voting_fpr_then_lift(dataset: Path, tmp_path: Path) -> None:
     model_dir, out = tmp_path / "fpr", tmp_path / "pred"
     argv = ["train-3d", "--data", str(dataset), "--detector", "oracle", "--lifter", "voting_fpr"]
+    argv += ["--device", "cpu"]  # --device is every trainable lifter's flag, not only mv2d's
     assert main([*argv, "--out", str(model_dir), "--no-progress", "--opt", "hidden=0"]) == 0
     metrics = json.loads((model_dir / "train_metrics.json").read_text())
     assert metrics["positives"] == 4 and metrics["candidates"] > 4  # 2 cases x 2 boxes

@@ -65,10 +65,15 @@ def run(args: argparse.Namespace) -> int:
             f"--lifter {args.lifter!r}: not trainable; expected one of {sorted(lifting.TRAINABLE)}"
         )
     opts = parse_options(args.opt)
-    if args.device:
+    if args.device and args.lifter == "mv2d":  # mv2d places its network (and joint detector)
         opts["device"] = args.device
     lifter = lifting.build(args.lifter, **opts)
     detector = resolve_detector(args.detector, parse_options(args.detector_opt))
+    if args.device and args.lifter != "mv2d":  # the others: move what has weights
+        for part in (detector, lifter):
+            module = getattr(part, "model", None)
+            if isinstance(module, torch.nn.Module):
+                module.to(args.device)
     train = MultiViewDataset(args.data, args.split)
     val = None
     if args.val_split:
