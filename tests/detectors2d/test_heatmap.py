@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from mvxray import detectors2d
 from mvxray.benchmarks.metrics2d import DetectionEvaluator
-from mvxray.detectors2d.heatmap import centernet_focal_loss, heatmap_targets
+from mvxray.detectors2d.heatmap import HeatmapDetector, centernet_focal_loss, heatmap_targets
 
 from .conftest import blob_sample
 
@@ -51,3 +53,27 @@ def test_learns_faint_blobs_and_generalizes() -> None:
         sample = blob_sample(seed=s, contrast=0.4)
         ev.add_sample(detectors2d.predict_sample(det, sample), sample.boxes2d, sample.visible2d)
     assert ev.compute()["recall@1fp"] >= 0.9
+
+
+def test_tta_makes_the_heatmap_equivariant_to_quarter_turns() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 32, 32) + torch.linspace(0, 1, 32)  # not symmetric
+    turned = torch.rot90(images, 1, (-2, -1))
+
+    def heat(det: HeatmapDetector, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([d.heatmap for d in det.predict(x)])
+
+    det = HeatmapDetector(widths=(8, 16))
+    back = torch.rot90(heat(det, turned), -1, (-2, -1))
+    assert torch.allclose(back, heat(det, images), atol=1e-5)
+    plain = HeatmapDetector(replace(det.config, tta=False))
+    plain.model.load_state_dict(det.model.state_dict())
+    back = torch.rot90(heat(plain, turned), -1, (-2, -1))
+    assert float((back - heat(plain, images)).abs().max()) > 1e-3  # the net alone is not
+    # non-square views average the 0° and 180° turns only
+    wide = torch.rand(1, 1, 24, 40)
+    assert torch.allclose(
+        torch.rot90(heat(det, torch.rot90(wide, 2, (-2, -1))), 2, (-2, -1)),
+        heat(det, wide),
+        atol=1e-5,
+    )

@@ -39,6 +39,9 @@ class HeatmapConfig:
         input_size: resize square views to this size (``None``: as given).
         bg_sigma_frac: input background-subtraction σ / image height.
         batch_size: views per forward pass at inference.
+        tta: at inference, average the heatmap over the view turned by 0, 90, 180 and 270°
+            (0 and 180° for non-square views) — the turns training augments with; sizes and
+            offsets come from the unturned view. Makes the heatmap equivariant to the turns.
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -51,6 +54,7 @@ class HeatmapConfig:
     input_size: int | None = None
     bg_sigma_frac: float = 1 / 32
     batch_size: int = 8
+    tta: bool = True
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or min(self.widths) < 1:
@@ -209,6 +213,12 @@ class HeatmapDetector(TorchDetectorMixin):
         c = self.config
         heat_logits, size, offset = self.model(x)
         heat = torch.sigmoid(heat_logits)[:, 0]
+        if c.tta:
+            turns = (1, 2, 3) if x.shape[-1] == x.shape[-2] else (2,)
+            for k in turns:
+                turned = torch.sigmoid(self.model(torch.rot90(x, k, (-2, -1)))[0])[:, 0]
+                heat = heat + torch.rot90(turned, -k, (-2, -1))
+            heat = heat / (1 + len(turns))
         peaks = heat == F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0]
         w = heat.shape[-1]
         out = []
