@@ -11,7 +11,7 @@ The API reads like the CLI (names load lazily, so ``import mvxray`` stays light)
     images = mvxray.datasets.render_views(case.volume, rig)       # (10, 1, 256, 256) DRRs
     det = mvxray.detectors2d.build("yolo")                        # or "faster_rcnn", "log_blob", ...
     lifter = mvxray.lifting.build("triangulation")                # or "mv2d", "rayemb"
-    lifted = lifter.lift(sample, det.predict(sample.images))      # 3D boxes in CT mm
+    lifted = lifter.lift(sample, mvxray.detectors2d.predict_sample(det, sample))  # CT mm
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -89,6 +91,23 @@ def test_tiny_fit_lowers_the_loss(name, blob_dataset, tmp_path):
     assert out["loss_final"] < out["loss_initial"]
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "last.pt").is_file()
     assert detectors2d.load(tmp_path / "model.pt").config == det.config
+    assert det.config.object_px_mm == 6.25  # the seed rig at 64 px: 12.5 mm pixels, magnified 2x
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_predict_sample_shows_the_views_at_the_trained_scale(name):
+    sample = blob_sample(views=2, size=64, seed=3)  # 6.25 mm per pixel at the object
+    det = detectors2d.build(name, **TINY[name], object_px_mm=3.125)  # trained on 2x finer views
+    seen, predict = [], det.predict
+    det.predict = lambda images: seen.append(tuple(images.shape[-2:])) or predict(images)
+    dets = predict_sample(det, sample)
+    assert seen == [(128, 128)]
+    for d in dets:  # mapped back to the case's own pixels
+        assert d.boxes.numel() == 0 or float(d.boxes.max()) <= 64.0
+        assert d.heatmap is None or tuple(d.heatmap.shape) == (64, 64)
+    det.config = replace(det.config, object_px_mm=6.25)
+    predict_sample(det, sample)
+    assert seen[1:] == [(64, 64)]  # views already at the trained scale go through as given
 
 
 def test_log_blob_fit_calibrates_the_half_score_response(blob_dataset):

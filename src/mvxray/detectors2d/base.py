@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -81,10 +82,58 @@ def predict_sample(detector: Detector2D, sample: Any) -> list[Detections2D]:
     """Detect in all views of one :class:`~mvxray.datasets.base.MultiViewSample`.
 
     Detectors that need more than the images (the ``oracle`` reads the ground truth) define
-    ``predict_sample(sample)``; every other detector sees ``sample.images``. Use this in
-    benchmarks and lifters so any detector can be swapped in.
+    ``predict_sample(sample)``; every other detector sees ``sample.images``. A learned detector
+    whose config records the scale it was trained at (``object_px_mm``, mm per pixel at the
+    object) sees them resampled to that scale (:func:`predict_rescaled`), so a rig with another
+    magnification, pitch or image size shows it indications of the sizes it learned. Use this
+    in benchmarks and lifters so any detector can be swapped in.
     """
     own = getattr(detector, "predict_sample", None)
     if callable(own):
         return own(sample)
-    return detector.predict(sample.images)
+    trained_px_mm = getattr(getattr(detector, "config", None), "object_px_mm", None)
+    if trained_px_mm is None:
+        return detector.predict(sample.images)
+    factor = float(sample.rig.object_pixel_mm.median()) / trained_px_mm
+    return predict_rescaled(detector, sample.images, factor)
+
+
+def predict_rescaled(
+    detector: Detector2D, images: torch.Tensor, factor: float, tolerance: float = 0.02
+) -> list[Detections2D]:
+    """Detect in ``(V, C, H, W)`` views resampled by ``factor`` (> 1 enlarges), with the boxes
+    and heatmaps mapped back to the given views' pixels; within ``tolerance`` of 1, as given.
+
+    Resampling keeps the image's edges (``align_corners=False``), so a continuous coordinate
+    ``u`` maps to ``u · w / W`` exactly (docs/conventions.md).
+
+    Example:
+        >>> class LeftHalf:   # one box over the left half of whatever it is given
+        ...     def predict(self, images):
+        ...         h, w = images.shape[-2:]
+        ...         return [Detections2D(torch.tensor([[0.0, 0, w / 2, h]]), torch.ones(1),
+        ...                              torch.zeros(1).long()) for _ in images]
+        >>> predict_rescaled(LeftHalf(), torch.rand(1, 1, 20, 30), 1.5)[0].boxes.tolist()
+        [[0.0, 0.0, 15.0, 20.0]]
+    """
+    if factor <= 0:
+        raise ValueError(f"factor: expected > 0, found {factor}")
+    if abs(factor - 1.0) <= tolerance:
+        return detector.predict(images)
+    H, W = images.shape[-2:]
+    h, w = max(1, round(H * factor)), max(1, round(W * factor))
+    x = F.interpolate(images.float(), (h, w), mode="bilinear", align_corners=False, antialias=True)
+    out = []
+    for d in detector.predict(x):
+        back = torch.tensor([W / w, H / h, W / w, H / h], device=d.boxes.device)
+        heat = d.heatmap
+        if heat is not None:
+            heat = F.interpolate(
+                heat[None, None].float(),
+                (H, W),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )[0, 0]
+        out.append(Detections2D(d.boxes * back, d.scores, d.labels, heat))
+    return out

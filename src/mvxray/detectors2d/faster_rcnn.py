@@ -64,6 +64,9 @@ class FasterRCNNConfig:
         norm: ``"batch"`` (trainable BatchNorm) or ``"frozen"`` (torchvision's FrozenBatchNorm).
         num_classes: indication classes (without background).
         bg_sigma_frac: input background-subtraction σ / image height.
+        object_px_mm: mm per pixel at the object (:attr:`Rig.object_pixel_mm`) of the views it
+            was trained on, recorded by training; ``predict_sample`` resamples a case's views to
+            it (``None``: views as given).
         batch_size: views per forward pass at inference.
     """
 
@@ -85,6 +88,7 @@ class FasterRCNNConfig:
     num_classes: int = 1
     bg_sigma_frac: float = 1 / 32
     batch_size: int = 8
+    object_px_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

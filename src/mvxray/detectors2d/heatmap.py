@@ -42,6 +42,9 @@ class HeatmapConfig:
         tta: at inference, average the heatmap over the view turned by 0, 90, 180 and 270°
             (0 and 180° for non-square views) — the turns training augments with; sizes and
             offsets come from the unturned view. Makes the heatmap equivariant to the turns.
+        object_px_mm: mm per pixel at the object (:attr:`Rig.object_pixel_mm`) of the views it
+            was trained on, recorded by training; ``predict_sample`` resamples a case's views to
+            it (``None``: views as given).
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -55,6 +58,7 @@ class HeatmapConfig:
     bg_sigma_frac: float = 1 / 32
     batch_size: int = 8
     tta: bool = True
+    object_px_mm: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or min(self.widths) < 1:

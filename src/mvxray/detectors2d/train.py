@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,6 +89,7 @@ class TrainableTorchDetector(Protocol):
     """What :func:`fit_detector` needs from a detector."""
 
     name: str
+    config: Any  # a frozen dataclass with ``object_px_mm`` (training records the views' scale)
 
     @property
     def module(self) -> nn.Module: ...
@@ -100,21 +101,23 @@ class TrainableTorchDetector(Protocol):
     def save(self, path: str | Path) -> None: ...
 
 
-def collect_views(dataset: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def collect_views(dataset: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
     """All views of a dataset of :class:`~mvxray.datasets.base.MultiViewSample` → per view a
-    ``(1, H, W)`` float32 image and its ``(N, 4)`` visible ground-truth boxes (px).
+    ``(1, H, W)`` float32 image and its ``(N, 4)`` visible ground-truth boxes (px), and the
+    median scale of the views at the object (:attr:`Rig.object_pixel_mm`, mm per pixel).
 
     Raises:
         ValueError: the dataset is empty.
     """
-    images, boxes = [], []
+    images, boxes, scales = [], [], []
     for sample in dataset:
+        scales.append(sample.rig.object_pixel_mm.float().cpu())
         for v in range(sample.images.shape[0]):
             images.append(sample.images[v, :1].float().cpu())
             boxes.append(sample.boxes2d[v][sample.visible2d[v].bool()].float().cpu().reshape(-1, 4))
     if not images:
         raise ValueError("training set is empty: no views to train on")
-    return images, boxes
+    return images, boxes, float(torch.cat(scales).median())
 
 
 def lr_factor(cfg: TrainConfig, it: int, progress: float) -> float:
@@ -194,7 +197,9 @@ def fit_detector(
     info = init_from_env(cfg.device)
     device = info.device
     torch.manual_seed(cfg.seed)
-    images, boxes = collect_views(train)
+    images, boxes, object_px_mm = collect_views(train)
+    if detector.config.object_px_mm is None:  # the scale predict_sample will resample views to
+        detector.config = replace(detector.config, object_px_mm=round(object_px_mm, 6))
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(images)
     per_epoch = max(1, n // cfg.batch_size)

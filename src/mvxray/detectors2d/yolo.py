@@ -67,6 +67,9 @@ class YoloConfig:
         cls_gain: classification-loss weight (``cls``).
         dfl_gain: distribution-focal-loss weight (``dfl``).
         bg_sigma_frac: input background-subtraction σ / image height.
+        object_px_mm: mm per pixel at the object (:attr:`Rig.object_pixel_mm`) of the views it
+            was trained on, recorded by training; ``predict_sample`` resamples a case's views to
+            it (``None``: views as given).
         batch_size: views per forward pass at inference.
     """
 
@@ -81,6 +84,7 @@ class YoloConfig:
     dfl_gain: float = 1.5
     bg_sigma_frac: float = 1 / 32
     batch_size: int = 8
+    object_px_mm: float | None = None
 
     def __post_init__(self) -> None:
         if not str(self.model).endswith((".yaml", ".yml")):

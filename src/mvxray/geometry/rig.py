@@ -136,6 +136,17 @@ class Rig:
         """``(V,)`` source-to-detector distance, mm (``fx · pixel_mm``)."""
         return self.K[:, 0, 0] * self.pixel_mm
 
+    @property
+    def object_pixel_mm(self) -> torch.Tensor:
+        """``(V,)`` size of one pixel at the depth of the CT origin, mm: the detector pitch over
+        the magnification (``depth / fx``) — the scale at which a view shows the object.
+
+        Example:
+            >>> float(Rig.seed(size=256).object_pixel_mm[0])   # 3.125 mm pixels, magnification 2
+            1.5625
+        """
+        return self.T_cam_from_ct[:, 2, 3] / self.K[:, 0, 0]
+
     def project(self, points_ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project ``(N, 3)`` CT points into all views → uv ``(V, N, 2)``, depth, visible ``(V, N)``."""
         uv, z = project_points(points_ct.to(self.K.dtype), self.K, self.T_cam_from_ct)

@@ -10,7 +10,7 @@ import torch
 
 from mvxray.benchmarks.metrics3d import evaluate_3d
 from mvxray.datasets.base import MultiViewSample
-from mvxray.detectors2d.base import Detections2D
+from mvxray.detectors2d.base import Detections2D, predict_sample
 from mvxray.geometry._checks import ShapeError
 from mvxray.heads import LossConfig
 from mvxray.io import atomic_torch_save
@@ -218,7 +218,9 @@ class MV2DLifter:
             raise ValueError(
                 "encoder='detector' shares the detector's backbone: fit with joint=True"
             )
-        detect = (lambda s: _detect(detector, s)) if detector is not None and not joint else None
+        detect = (
+            (lambda s: predict_sample(detector, s)) if detector is not None and not joint else None
+        )
         out = train_mv2d(
             self.model,
             self.config.loss,
@@ -238,7 +240,11 @@ class MV2DLifter:
             preds, gts = [], []
             for i in range(len(val)):
                 s = val[i]
-                dets = _detect(detector, s) if detector is not None else detections_from_truth(s)
+                dets = (
+                    predict_sample(detector, s)
+                    if detector is not None
+                    else detections_from_truth(s)
+                )
                 preds.append(self.lift(s, dets))
                 gts.append(s.boxes3d)
             result.update({f"val_{k}": v for k, v in evaluate_3d(preds, gts).items()})
@@ -276,8 +282,3 @@ class MV2DLifter:
         lifter = cls(MV2DConfig.from_dict(state["config"]), device=device, detector=detector)
         lifter.model.load_state_dict(state["model"])
         return lifter
-
-
-def _detect(detector: Any, sample: MultiViewSample) -> list[Detections2D]:
-    own = getattr(detector, "predict_sample", None)
-    return own(sample) if callable(own) else detector.predict(sample.images)
