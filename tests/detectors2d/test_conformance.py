@@ -9,6 +9,7 @@ import torch
 
 from mvxray import detectors2d
 from mvxray.detectors2d import DETECTORS, Detections2D, predict_sample
+from mvxray.detectors2d.normalize import xray_channels
 from mvxray.geometry import ShapeError
 
 from .conftest import blob_sample
@@ -92,6 +93,7 @@ def test_tiny_fit_lowers_the_loss(name, blob_dataset, tmp_path):
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "last.pt").is_file()
     assert detectors2d.load(tmp_path / "model.pt").config == det.config
     assert det.config.object_px_mm == 6.25  # the seed rig at 64 px: 12.5 mm pixels, magnified 2x
+    assert det.config.filter_height == 64
 
 
 @pytest.mark.parametrize("name", TRAINABLE)
@@ -108,6 +110,11 @@ def test_predict_sample_shows_the_views_at_the_trained_scale(name):
     det.config = replace(det.config, object_px_mm=6.25)
     predict_sample(det, sample)
     assert seen[1:] == [(64, 64)]  # views already at the trained scale go through as given
+    det.config = replace(det.config, filter_height=32)  # its filters' fractions refer to 32 px
+    x, _ = det.prepare(sample.images)
+    ref = xray_channels(sample.images, det.config.bg_sigma_frac, reference_height=32)
+    assert torch.equal(x, ref)
+    assert not torch.equal(x, xray_channels(sample.images, det.config.bg_sigma_frac))
 
 
 def test_log_blob_fit_calibrates_the_half_score_response(blob_dataset):

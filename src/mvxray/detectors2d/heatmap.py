@@ -45,6 +45,9 @@ class HeatmapConfig:
         object_px_mm: mm per pixel at the object (:attr:`Rig.object_pixel_mm`) of the views it
             was trained on, recorded by training; ``predict_sample`` resamples a case's views to
             it (``None``: views as given).
+        filter_height: the view height (px) the input filters' fractions refer to (``None``:
+            each view's own), recorded by training: with ``object_px_mm`` the filters keep their
+            width in mm whatever the rig.
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -59,6 +62,7 @@ class HeatmapConfig:
     batch_size: int = 8
     tta: bool = True
     object_px_mm: float | None = None
+    filter_height: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or min(self.widths) < 1:

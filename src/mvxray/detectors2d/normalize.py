@@ -150,6 +150,7 @@ def xray_channels(
     images: torch.Tensor,
     bg_sigma_frac: float = 1 / 32,
     blob_sigmas_frac: tuple[float, float] = (1 / 256, 3 / 256),
+    reference_height: int | None = None,
 ) -> torch.Tensor:
     """Three detector input channels from one X-ray channel.
 
@@ -162,6 +163,9 @@ def xray_channels(
         images: ``(V, 1, H, W)`` any intensity scale.
         bg_sigma_frac: background σ as a fraction of H.
         blob_sigmas_frac: inner / outer DoG σ as fractions of H.
+        reference_height: the H the fractions refer to (``None``: the views' own height). A
+            detector that resamples views to the scale it was trained at passes its training
+            height, so its filters keep their width at the object, in mm.
 
     Returns:
         ``(V, 3, H, W)`` float32.
@@ -171,7 +175,7 @@ def xray_channels(
         torch.Size([2, 3, 32, 32])
     """
     check_images(images, channels=1)
-    H = images.shape[-2]
+    H = reference_height or images.shape[-2]
     x = robust_normalize(images)
     hp = x - _blur(x, max(0.5, bg_sigma_frac * H))
     s1, s2 = (max(0.5, f * H) for f in blob_sigmas_frac)
@@ -289,7 +293,11 @@ class TorchDetectorMixin:
         are cut from prepared views (see :mod:`mvxray.detectors2d.train`).
         """
         check_images(images, channels=1)
-        x = xray_channels(images.to(self.device), self.config.bg_sigma_frac)
+        x = xray_channels(
+            images.to(self.device),
+            self.config.bg_sigma_frac,
+            reference_height=self.config.filter_height,
+        )
         size = self.config.input_size
         if size is None or (size, size) == tuple(images.shape[-2:]):
             return x, 1.0

@@ -198,8 +198,11 @@ def fit_detector(
     device = info.device
     torch.manual_seed(cfg.seed)
     images, boxes, object_px_mm = collect_views(train)
-    if detector.config.object_px_mm is None:  # the scale predict_sample will resample views to
-        detector.config = replace(detector.config, object_px_mm=round(object_px_mm, 6))
+    if detector.config.object_px_mm is None:  # the scale predict_sample resamples views to,
+        height = sorted(int(im.shape[-2]) for im in images)[len(images) // 2]  # and the filters'
+        detector.config = replace(
+            detector.config, object_px_mm=round(object_px_mm, 6), filter_height=height
+        )
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(images)
     per_epoch = max(1, n // cfg.batch_size)

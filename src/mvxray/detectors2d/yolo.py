@@ -70,6 +70,9 @@ class YoloConfig:
         object_px_mm: mm per pixel at the object (:attr:`Rig.object_pixel_mm`) of the views it
             was trained on, recorded by training; ``predict_sample`` resamples a case's views to
             it (``None``: views as given).
+        filter_height: the view height (px) the input filters' fractions refer to (``None``:
+            each view's own), recorded by training: with ``object_px_mm`` the filters keep their
+            width in mm whatever the rig.
         batch_size: views per forward pass at inference.
     """
 
@@ -85,6 +88,7 @@ class YoloConfig:
     bg_sigma_frac: float = 1 / 32
     batch_size: int = 8
     object_px_mm: float | None = None
+    filter_height: int | None = None
 
     def __post_init__(self) -> None:
         if not str(self.model).endswith((".yaml", ".yml")):
