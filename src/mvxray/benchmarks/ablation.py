@@ -84,7 +84,7 @@ GRIDS: dict[str, GridConfig] = {
     # (its 2D numbers are in `python -m mvxray.benchmarks.detect2d`).
     "small": GridConfig(
         detectors=("oracle", "demo"),
-        lifters=("triangulation", "mv2d", "rayemb"),
+        lifters=("triangulation", "voting", "mv2d", "rayemb"),
         views=(2, 3, 5, 10),
         cases=24,
         train_minutes=3.0,
