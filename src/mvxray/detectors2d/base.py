@@ -84,9 +84,10 @@ def predict_sample(detector: Detector2D, sample: Any) -> list[Detections2D]:
     Detectors that need more than the images (the ``oracle`` reads the ground truth) define
     ``predict_sample(sample)``; every other detector sees ``sample.images``. A learned detector
     whose config records the scale it was trained at (``object_px_mm``, mm per pixel at the
-    object) sees them resampled to that scale (:func:`predict_rescaled`), so a rig with another
-    magnification, pitch or image size shows it indications of the sizes it learned. Use this
-    in benchmarks and lifters so any detector can be swapped in.
+    object) sees them resampled to that scale (:func:`predict_rescaled`), and its input filters
+    keep their training width (``filter_height``, the training views' height), so a rig with
+    another magnification, pitch, image size or field of view shows it indications of the sizes
+    it learned. Use this in benchmarks and lifters so any detector can be swapped in.
     """
     own = getattr(detector, "predict_sample", None)
     if callable(own):

@@ -64,12 +64,9 @@ class FasterRCNNConfig:
         norm: ``"batch"`` (trainable BatchNorm) or ``"frozen"`` (torchvision's FrozenBatchNorm).
         num_classes: indication classes (without background).
         bg_sigma_frac: input background-subtraction σ / image height.
-        object_px_mm: mm per pixel at the object (:attr:`Rig.object_pixel_mm`) of the views it
-            was trained on, recorded by training; ``predict_sample`` resamples a case's views to
-            it (``None``: views as given).
-        filter_height: the view height (px) the input filters' fractions refer to (``None``:
-            each view's own), recorded by training: with ``object_px_mm`` the filters keep their
-            width in mm whatever the rig.
+        object_px_mm: the training views' mm per pixel at the object, and ``filter_height``
+            their height, px: recorded by training, used by
+            :func:`~mvxray.detectors2d.base.predict_sample` (``None``: views as given).
         batch_size: views per forward pass at inference.
     """
 

@@ -42,12 +42,9 @@ class HeatmapConfig:
         tta: at inference, average the heatmap over the view turned by 0, 90, 180 and 270°
             (0 and 180° for non-square views) — the turns training augments with; sizes and
             offsets come from the unturned view. Makes the heatmap equivariant to the turns.
-        object_px_mm: mm per pixel at the object (:attr:`Rig.object_pixel_mm`) of the views it
-            was trained on, recorded by training; ``predict_sample`` resamples a case's views to
-            it (``None``: views as given).
-        filter_height: the view height (px) the input filters' fractions refer to (``None``:
-            each view's own), recorded by training: with ``object_px_mm`` the filters keep their
-            width in mm whatever the rig.
+        object_px_mm: the training views' mm per pixel at the object, and ``filter_height``
+            their height, px: recorded by training, used by
+            :func:`~mvxray.detectors2d.base.predict_sample` (``None``: views as given).
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
