@@ -198,10 +198,13 @@ def fit_detector(
     device = info.device
     torch.manual_seed(cfg.seed)
     images, boxes, object_px_mm = collect_views(train)
-    if detector.config.object_px_mm is None:  # the scale predict_sample resamples views to,
-        height = sorted(int(im.shape[-2]) for im in images)[len(images) // 2]  # and the filters'
+    if detector.config.object_px_mm is None:
+        # The scale predict_sample will show it views at, and the height its filters refer to.
+        heights = sorted(int(im.shape[-2]) for im in images)
         detector.config = replace(
-            detector.config, object_px_mm=round(object_px_mm, 6), filter_height=height
+            detector.config,
+            object_px_mm=round(object_px_mm, 6),
+            filter_height=heights[len(heights) // 2],
         )
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(images)
