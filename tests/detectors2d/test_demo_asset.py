@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mvxray.detectors2d import HeatmapDetector, train_demo
+from mvxray.detectors2d import HeatmapDetector, load, train_demo
 from mvxray.paths import assets_dir
 
 from .conftest import blob_sample
@@ -33,3 +33,46 @@ def test_missing_demo_detector_names_the_command(monkeypatch, tmp_path):
 def test_demo_detector_has_no_effect_on_flat_views():
     det = train_demo.load_demo_detector()
     assert all(len(d) == 0 for d in det.predict(torch.zeros(2, 1, 256, 256)))
+
+
+def _tiny_dataset(root, seeds):
+    from mvxray.datasets.format import write_case, write_dataset
+
+    names = [f"case_{s}" for s in seeds]
+    for name, s in zip(names, seeds):
+        write_case(root / name, blob_sample(views=2, size=64, seed=s), preview=False)
+    write_dataset(root, names, {"train": names[:-1], "test": names[-1:]})
+    return root
+
+
+def test_train_demo_fine_tunes_a_saved_detector_on_several_datasets(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVXRAY_CACHE", str(tmp_path / "cache"))
+    init = HeatmapDetector(widths=(8, 16), input_size=None)
+    init.save(tmp_path / "init.pt")
+    data = [_tiny_dataset(tmp_path / "a", [0, 1]), _tiny_dataset(tmp_path / "b", [2, 3, 4])]
+    out = tmp_path / "out" / "det.pt"
+    argv = ["--init", str(tmp_path / "init.pt"), "--data", *map(str, data)]
+    argv += ["--minutes", "0.01", "--lr", "5e-4", "--threads", "1", "--out", str(out)]
+    assert train_demo.main(argv) == 0
+
+    det = load(out)
+    assert det.config.widths == (8, 16)  # the init's network, not a fresh benchmark one
+    changed = any(
+        not torch.equal(a, b)
+        for a, b in zip(det.model.state_dict().values(), init.model.state_dict().values())
+    )
+    assert changed
+    report = json.loads((out.parent / train_demo.DEMO_METRICS).read_text())
+    assert report["training"]["init"] == str(tmp_path / "init.pt")
+    assert report["training"]["lr"] == 5e-4
+    assert [d["train_cases"] for d in report["data"]] == [["case_0"], ["case_2", "case_3"]]
+    assert [d["test_cases"] for d in report["data"]] == [["case_1"], ["case_4"]]
+
+
+def test_train_demo_refuses_an_init_of_another_detector(tmp_path, monkeypatch):
+    monkeypatch.setenv("MVXRAY_CACHE", str(tmp_path / "cache"))
+    HeatmapDetector(widths=(8, 16)).save(tmp_path / "init.pt")
+    data = _tiny_dataset(tmp_path / "a", [0, 1])
+    argv = ["--detector", "yolo", "--init", str(tmp_path / "init.pt"), "--data", str(data)]
+    with pytest.raises(ValueError, match="a heatmap detector, not yolo"):
+        train_demo.main([*argv, "--minutes", "0.01", "--out", str(tmp_path / "d.pt")])

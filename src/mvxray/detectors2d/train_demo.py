@@ -52,7 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="view size, px")
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--data", type=Path, help="use this dataset instead of rendering")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        help="datasets to use instead of rendering (train on their train splits, test on their "
+        "test splits)",
+    )
+    parser.add_argument(
+        "--init",
+        help="fine-tune this saved detector ('demo': the shipped one) instead of a fresh one",
+    )
+    parser.add_argument("--lr", type=float, help="learning rate (default: the benchmark's)")
     parser.add_argument("--out", type=Path, help="output file (default: the package's assets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -76,15 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mvxray.paths import assets_dir, cache_dir
 
     torch.set_num_threads(args.threads)
-    data = args.data or chest_dataset(args.cases, args.size)
+    data = args.data or [chest_dataset(args.cases, args.size)]
     out = args.out or assets_dir() / DEMO_DETECTOR
     name = args.detector
     if name not in BENCH_TRAINING:
         raise ValueError(
             f"--detector: expected a trainable detector {sorted(BENCH_TRAINING)}, found {name!r}"
         )
-    det = detectors2d.build(name, **BENCH_DETECTORS[name])
-    train = list(MultiViewDataset(data, "train"))
+    if args.init is None:
+        det = detectors2d.build(name, **BENCH_DETECTORS[name])
+    else:
+        det = load_demo_detector() if args.init == "demo" else detectors2d.load(args.init)
+        if det.name != name:
+            raise ValueError(f"--init {args.init}: a {det.name} detector, not {name}")
+    training = BENCH_TRAINING[name] | ({"lr": args.lr} if args.lr is not None else {})
+    train = [s for d in data for s in MultiViewDataset(d, "train")]
     fit = det.fit(
         train,
         out=cache_dir() / "train_demo" / name,
@@ -92,21 +109,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_iters=10**9,
         seed=args.seed,
         resume=args.resume,
-        **BENCH_TRAINING[name],
+        **training,
     )
     det.save(out)
-    test = MultiViewDataset(data, "test")
-    metrics, infer_s = evaluate_detector(det, test, per_view=False)
+    tests = [MultiViewDataset(d, "test") for d in data]
+    metrics, infer_s = evaluate_detector(det, [s for t in tests for s in t], per_view=False)
     report = {
         "detector": name,
         "config": BENCH_DETECTORS[name],
-        "training": {**BENCH_TRAINING[name], "minutes": args.minutes, "threads": args.threads},
-        "fit": fit,
-        "data": {
-            "path": str(data),
-            "train_cases": test.index.splits["train"],
-            "test_cases": test.case_ids,
+        "training": {
+            **training,
+            "minutes": args.minutes,
+            "threads": args.threads,
+            "init": args.init,
         },
+        "fit": fit,
+        "data": [
+            {"path": str(d), "train_cases": t.index.splits["train"], "test_cases": t.case_ids}
+            for d, t in zip(data, tests)
+        ],
         "test": {**metrics, "infer_s_per_view": infer_s},
         "command": "python -m mvxray.detectors2d.train_demo "
         + " ".join(argv if argv is not None else sys.argv[1:]),
