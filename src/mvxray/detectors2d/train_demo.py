@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if det.name != name:
             raise ValueError(f"--init {args.init}: a {det.name} detector, not {name}")
     training = BENCH_TRAINING[name] | ({"lr": args.lr} if args.lr is not None else {})
-    train = [s for d in data for s in MultiViewDataset(d, "train")]
+    train = [s for d in data for s in list(MultiViewDataset(d, "train"))]
     fit = det.fit(
         train,
         out=cache_dir() / "train_demo" / name,
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     det.save(out)
     tests = [MultiViewDataset(d, "test") for d in data]
-    metrics, infer_s = evaluate_detector(det, [s for t in tests for s in t], per_view=False)
+    metrics, infer_s = evaluate_detector(det, [s for t in tests for s in list(t)], per_view=False)
     report = {
         "detector": name,
         "config": BENCH_DETECTORS[name],
