@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if det.name != name:
             raise ValueError(f"--init {args.init}: a {det.name} detector, not {name}")
     training = BENCH_TRAINING[name] | ({"lr": args.lr} if args.lr is not None else {})
-    train = [s for d in data for s in list(MultiViewDataset(d, "train"))]
+    splits = [MultiViewDataset(d, "train") for d in data]
+    train = [ds[i] for ds in splits for i in range(len(ds))]
     fit = det.fit(
         train,
         out=cache_dir() / "train_demo" / name,
@@ -113,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     det.save(out)
     tests = [MultiViewDataset(d, "test") for d in data]
-    metrics, infer_s = evaluate_detector(det, [s for t in tests for s in list(t)], per_view=False)
+    metrics, infer_s = evaluate_detector(
+        det, [t[i] for t in tests for i in range(len(t))], per_view=False
+    )
     report = {
         "detector": name,
         "config": BENCH_DETECTORS[name],
