@@ -63,6 +63,7 @@ def test_train_demo_fine_tunes_a_saved_detector_on_several_datasets(tmp_path, mo
     )
     assert changed
     report = json.loads((out.parent / train_demo.DEMO_METRICS).read_text())
+    assert report["config"]["widths"] == [8, 16]
     assert report["training"]["init"] == str(tmp_path / "init.pt")
     assert report["training"]["lr"] == 5e-4
     assert [d["train_cases"] for d in report["data"]] == [["case_0"], ["case_2", "case_3"]]

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report = {
         "detector": name,
-        "config": BENCH_DETECTORS[name],
+        "config": BENCH_DETECTORS[name] if args.init is None else asdict(det.config),
         "training": {
             **training,
             "minutes": args.minutes,
