@@ -22,3 +22,17 @@ def test_detect2d_script_scores_plain_and_multiview_rows(
     # The projected 3D boxes of the exact 2D boxes are the 2D boxes again.
     assert rows["oracle+multiview"]["recall@1fp"] == 1.0
     assert rows["oracle+multiview"]["ap50"] > 0.95
+
+
+def test_detect2d_trains_on_several_datasets_and_scores_an_independent_test_set(
+    two_case_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both cases (train "a", test "b") of the same dataset are the independent test set here:
+    # 2 cases × 5 views, whereas the test splits alone would be 1 case per dataset.
+    argv = ["--data", str(two_case_dataset), str(two_case_dataset), "--test", str(two_case_dataset)]
+    argv += ["--detectors", "oracle", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*argv, "--threads", "1"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["data"] == [str(two_case_dataset)] * 2 and doc["test"] == str(two_case_dataset)
+    (row,) = doc["results"]
+    assert row["n_images"] == 10 and row["n_gt"] == 20 and row["recall@1fp"] == 1.0

@@ -5,7 +5,8 @@ detector within a wall-time budget on the train cases, then report on held-out c
 and recall at 0.5 / 1 / 2 / 4 false positives per image (FROC points), training and inference
 time. Prints a table and, last, one JSON line.
 
-``--data DIR`` runs on any dataset in mvxray's format instead (splits ``train`` / ``test``).
+``--data DIR [DIR ...]`` runs on datasets in mvxray's format instead: the ``train`` splits of all
+train, their ``test`` splits are scored — or every case of ``--test DIR``, an independent set.
 """
 
 from __future__ import annotations
@@ -143,24 +144,31 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def run(
     detectors: Sequence[str],
-    data: Path,
+    data: Path | Sequence[Path],
     minutes: float,
     out: Path,
     seed: int = 0,
     progress: bool = True,
     multiview: bool = False,
+    test: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Train (within ``minutes`` each) and evaluate ``detectors`` on ``data``; rows of results.
+    """Train (within ``minutes`` each) and evaluate ``detectors``; rows of results.
 
-    ``demo`` is the shipped detector (not trained again). With ``multiview``, every detector
-    also gets a ``<name>+multiview`` row (:class:`~mvxray.detectors2d.multiview.MultiViewDetector`).
+    The ``train`` splits of ``data`` (one dataset or several) train; the ``test`` splits are
+    scored, or every case of ``test`` when given. ``demo`` is the shipped detector (not trained
+    again). With ``multiview``, every detector also gets a ``<name>+multiview`` row
+    (:class:`~mvxray.detectors2d.multiview.MultiViewDetector`).
     """
     from mvxray import detectors2d
     from mvxray.datasets.torchdata import MultiViewDataset
     from mvxray.detectors2d.multiview import MultiViewDetector
 
-    train, test = MultiViewDataset(data, "train"), MultiViewDataset(data, "test")
-    train_list, test_list = list(train), list(test)
+    datasets = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    train_list = [s for d in datasets for s in MultiViewDataset(d, "train")]
+    tests = (
+        [MultiViewDataset(test, "all")] if test else [MultiViewDataset(d, "test") for d in datasets]
+    )
+    test_list = [s for t in tests for s in t]
     rows = []
     for name in detectors:
         t = time.monotonic()
@@ -205,7 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--data", type=Path, help="an mvxray dataset (default: render the chest phantom)"
+        "--data",
+        type=Path,
+        nargs="+",
+        help="mvxray datasets: their train splits train (default: render the chest phantom)",
+    )
+    parser.add_argument(
+        "--test", type=Path, help="score every case of this dataset (default: the test splits)"
     )
     parser.add_argument(
         "--cases", type=int, default=24, help="phantom cases to render (train + test)"
@@ -231,21 +245,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mvxray.paths import cache_dir
 
     torch.set_num_threads(args.threads)
-    data = args.data or chest_dataset(args.cases, args.size, progress=not args.no_progress)
+    data = args.data or [chest_dataset(args.cases, args.size, progress=not args.no_progress)]
     out = args.out or cache_dir() / "bench" / "detect2d"
     rows = run(
         [d for d in args.detectors.split(",") if d],
-        Path(data),
+        data,
         args.minutes,
         out,
         args.seed,
         not args.no_progress,
         args.multiview,
+        args.test,
     )
     print(_table(rows))
     summary = {
         "benchmark": "detect2d",
-        "data": str(data),
+        "data": [str(d) for d in data],
+        "test": str(args.test) if args.test else "test splits",
         "minutes": args.minutes,
         "threads": args.threads,
         "results": [{k: v for k, v in r.items() if k != "fit"} for r in rows],

@@ -27,7 +27,10 @@ class MultiViewDetector:
 
     Args:
         base: a :class:`~mvxray.detectors2d.base.Detector2D`.
-        lifter: a :class:`~mvxray.lifting.base.Lifter` (default ``voting`` with its defaults).
+        lifter: a :class:`~mvxray.lifting.base.Lifter` (default ``voting`` with ``fit_box``: each
+            box's extent fitted to its supporting 2D boxes, so its projections have their size —
+            a cube of their median back-projected size is ~1.2× too large, and on 5–13 px boxes
+            that alone drops a tenth of the found indications below IoU 0.5).
 
     Example:
         >>> from mvxray.detectors2d.oracle import OracleDetector
@@ -40,7 +43,7 @@ class MultiViewDetector:
         if lifter is None:
             from mvxray.lifting import build
 
-            lifter = build("voting")
+            lifter = build("voting", fit_box=True)
         self.base, self.lifter = base, lifter
         self.name = f"{getattr(base, 'name', type(base).__name__)}+multiview"
 
