@@ -7,6 +7,7 @@ import torch
 
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d import HeatmapDetector, predict_sample
+from mvxray.detectors2d import build as build_detector
 from mvxray.detectors2d.multiview import MultiViewDetector
 from mvxray.detectors2d.oracle import OracleDetector
 from mvxray.geometry import Rig, box3d_from_center_size, box_iou_2d, project_boxes3d
@@ -55,6 +56,20 @@ def test_projected_boxes_keep_the_size_of_anisotropic_indications() -> None:
     assert worst_iou(None) > 0.9  # the default: voting with fit_box
     assert worst_iou(build("voting", fit_box=True, **region)) > 0.9
     assert worst_iou(build("voting", **region)) < 0.85
+
+
+def test_the_base_runs_with_a_lower_threshold_sharing_its_network() -> None:
+    torch.manual_seed(0)
+    base = build_detector("faster_rcnn", backbone="resnet18_fpn", score_thresh=0.6)
+    images = torch.rand(1, 1, 64, 64)
+    relaxed = MultiViewDetector(base)._relaxed_base()
+    assert relaxed.model is base.model and base.config.score_thresh == 0.6
+    assert (relaxed.config.score_thresh, relaxed.config.detections_per_img) == (1e-3, 300)
+    strict, loose = base.predict(images)[0], relaxed.predict(images)[0]
+    # An untrained head scores about 0.5: none pass 0.6, many pass 0.001.
+    assert len(strict) == 0 and len(loose) > 0 and float(loose.scores.min()) >= 1e-3
+    assert len(base.predict(images)[0]) == 0  # the base is unchanged afterwards
+    assert MultiViewDetector(base, base_score_thresh=None)._relaxed_base() is base
 
 
 def test_needs_the_rig() -> None:

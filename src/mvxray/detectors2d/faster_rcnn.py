@@ -245,6 +245,11 @@ class FasterRCNNDetector(TorchDetectorMixin):
 
     def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """torchvision's detections of the prepared views (its class 0 is the background)."""
+        # The config is the truth at prediction time (a copy with other thresholds shares
+        # the network: MultiViewDetector lowers them).
+        heads = self.model.roi_heads
+        heads.score_thresh = self.config.score_thresh
+        heads.detections_per_img = self.config.detections_per_img
         return [(r["boxes"], r["scores"], r["labels"] - 1) for r in self.model(list(x))]
 
     # ------------------------------------------------------------------ features for MV2D
