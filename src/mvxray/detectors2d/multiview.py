@@ -89,12 +89,11 @@ class MultiViewDetector:
         cfg = getattr(self.base, "config", None)
         if self.base_score_thresh is None or not hasattr(cfg, "score_thresh"):
             return self.base
+        lowered = {"score_thresh": min(cfg.score_thresh, self.base_score_thresh)}
+        if hasattr(cfg, "detections_per_img"):
+            lowered["detections_per_img"] = max(cfg.detections_per_img, self.base_max_boxes)
         relaxed = copy.copy(self.base)
-        relaxed.config = dataclasses.replace(
-            cfg,
-            score_thresh=min(cfg.score_thresh, self.base_score_thresh),
-            detections_per_img=max(cfg.detections_per_img, self.base_max_boxes),
-        )
+        relaxed.config = dataclasses.replace(cfg, **lowered)
         return relaxed
 
     def fit(self, train: Any, val: Any | None = None, **kwargs: Any) -> dict[str, float]:
