@@ -45,6 +45,8 @@ class HeatmapConfig:
         object_px_mm: the training views' mm per pixel at the object, and ``filter_height``
             their height, px: recorded by training, used by
             :func:`~mvxray.detectors2d.base.predict_sample` (``None``: views as given).
+        max_box_px: boxes whose longer side exceeds this (px of the views at the trained
+            scale) are dropped; training on crops records the crop's size (``None``: no limit).
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -60,6 +62,7 @@ class HeatmapConfig:
     tta: bool = True
     object_px_mm: float | None = None
     filter_height: int | None = None
+    max_box_px: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or min(self.widths) < 1:

@@ -223,6 +223,10 @@ class TorchDetectorMixin:
         check_images(images, channels=1)
         H, W = images.shape[-2:]
         limits = torch.tensor([W, H, W, H], dtype=torch.float32, device=images.device)
+        # A network trained on crops never saw an object larger than a crop; YOLO's coarse levels
+        # (barely trained on small crops) return view-sized boxes at confidence 1 otherwise.
+        max_box = getattr(self.config, "max_box_px", None)
+        max_box = float("inf") if max_box is None else max_box
         was_training = self.model.training
         self.model.eval()
         out = []
@@ -231,11 +235,12 @@ class TorchDetectorMixin:
                 x, scale = self.prepare(chunk)
                 for boxes, scores, labels, *heat in self._detect(x):
                     b = (boxes.float().to(images.device) / scale).clamp(min=0).minimum(limits)
+                    keep = (b[:, 2:] - b[:, :2]).amax(1) <= max_box
                     out.append(
                         Detections2D(
-                            b,
-                            scores.to(images.device),
-                            labels.long().to(b.device),
+                            b[keep],
+                            scores.to(images.device)[keep],
+                            labels.long().to(b.device)[keep],
                             _heat_at(heat[0], (H, W)).to(b.device) if heat else None,
                         )
                     )

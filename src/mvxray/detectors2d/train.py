@@ -206,6 +206,10 @@ def fit_detector(
             object_px_mm=round(object_px_mm, 6),
             filter_height=heights[len(heights) // 2],
         )
+    if cfg.crop_px is not None and getattr(detector.config, "max_box_px", 0) is None:
+        _, scale = detector.prepare(images[0][None])  # crops are cut from prepared views
+        if cfg.crop_px < scale * max(images[0].shape[-2:]):
+            detector.config = replace(detector.config, max_box_px=cfg.crop_px / scale)
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(images)
     per_epoch = max(1, n // cfg.batch_size)

@@ -70,6 +70,8 @@ class YoloConfig:
         object_px_mm: the training views' mm per pixel at the object, and ``filter_height``
             their height, px: recorded by training, used by
             :func:`~mvxray.detectors2d.base.predict_sample` (``None``: views as given).
+        max_box_px: boxes whose longer side exceeds this (px of the views at the trained
+            scale) are dropped; training on crops records the crop's size (``None``: no limit).
         batch_size: views per forward pass at inference.
     """
 
@@ -86,6 +88,7 @@ class YoloConfig:
     batch_size: int = 8
     object_px_mm: float | None = None
     filter_height: int | None = None
+    max_box_px: float | None = None
 
     def __post_init__(self) -> None:
         if not str(self.model).endswith((".yaml", ".yml")):
