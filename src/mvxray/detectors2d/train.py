@@ -206,6 +206,7 @@ def fit_detector(
             object_px_mm=round(object_px_mm, 6),
             filter_height=heights[len(heights) // 2],
         )
+    # The largest box a crop can hold, in view px (configs without the field are left alone).
     if cfg.crop_px is not None and getattr(detector.config, "max_box_px", 0) is None:
         _, scale = detector.prepare(images[0][None])  # crops are cut from prepared views
         if cfg.crop_px < scale * max(images[0].shape[-2:]):
