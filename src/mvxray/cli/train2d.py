@@ -36,12 +36,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget")
     p.add_argument("--size", type=int, default=None, help="resize views to this square size, px")
-    p.add_argument("--batch", type=int, default=8, help="views per step")
+    p.add_argument("--batch", type=int, default=8, help="images (views or crops) per step")
     p.add_argument(
         "--crop",
         type=int,
         default=128,
         help="train on random crops of this size, px (0: whole views)",
+    )
+    p.add_argument(
+        "--crops-per-view",
+        type=int,
+        default=None,
+        help="crops cut from each prepared view (a divisor of --batch; default: the "
+        "detector's benchmark value, else 1)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="bf16: bfloat16 autocast (CPUs with AMX / AVX-512-BF16, recent GPUs; default: "
+        "the detector's benchmark value, else fp32)",
     )
     p.add_argument(
         "--lr",
@@ -106,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
-        if args.lr is not None:
-            tr["lr"] = args.lr
+        for key in ("lr", "crops_per_view", "precision"):
+            if getattr(args, key) is not None:
+                tr[key] = getattr(args, key)
         fit = det.fit(train, out=args.out, resume=args.resume, **tr)
     else:
         fit = det.fit(train)

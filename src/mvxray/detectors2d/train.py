@@ -42,7 +42,7 @@ class TrainConfig:
         max_iters: total optimizer steps (overrides ``epochs``).
         max_minutes: wall-time budget: training stops (and saves) when it is spent, and the
             cosine anneals over whichever of iterations and time runs out first.
-        batch_size: views per step.
+        batch_size: images (views, or crops of them) per step.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_iters: linear warm-up length, iterations.
@@ -50,6 +50,12 @@ class TrainConfig:
         min_lr_factor: the cosine ends at ``min_lr_factor · lr``.
         crop_px: train on random ``crop_px`` squares (``None`` = whole views).
         crop_positive: fraction of crops placed around a ground-truth box.
+        crops_per_view: crops cut from each prepared view (needs ``crop_px``): preparing a
+            whole view costs as much as a network step on a few 128-px crops, so several crops
+            per view make a step cheaper; a step then draws ``batch_size / crops_per_view`` views.
+        precision: ``"fp32"``; ``"bf16"`` runs the forward pass under bfloat16 autocast (CPUs
+            with AMX / AVX-512-BF16 and recent GPUs make a step cheaper, others slower);
+            ``"auto"``: bf16 where the device has native bf16, else fp32 (:func:`use_bf16`).
         augment: X-ray augmentations (flips / 90° rotations update the boxes; gamma, noise, blur).
         grad_clip: max gradient norm.
         checkpoint_every: write ``last.pt`` every this many iterations (and at the end).
@@ -69,6 +75,8 @@ class TrainConfig:
     min_lr_factor: float = 0.01
     crop_px: int | None = None
     crop_positive: float = 0.7
+    crops_per_view: int = 1
+    precision: str = "fp32"
     augment: bool = True
     grad_clip: float = 10.0
     checkpoint_every: int = 200
@@ -83,6 +91,21 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.epochs: expected >= 1, found {self.epochs}")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"TrainConfig.max_iters: expected >= 1, found {self.max_iters}")
+        k = self.crops_per_view
+        if k < 1 or self.batch_size % k or (k > 1 and self.crop_px is None):
+            raise ValueError(
+                "TrainConfig.crops_per_view: expected a divisor of batch_size, and 1 without "
+                f"crop_px; found {k} with batch_size={self.batch_size}, crop_px={self.crop_px}"
+            )
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(
+                f"TrainConfig.precision: expected 'fp32', 'bf16' or 'auto', found {self.precision!r}"
+            )
+
+    @property
+    def views_per_step(self) -> int:
+        """Views drawn per step: each yields ``crops_per_view`` of the ``batch_size`` images."""
+        return self.batch_size // self.crops_per_view
 
 
 class TrainableTorchDetector(Protocol):
@@ -120,6 +143,20 @@ def collect_views(dataset: Any) -> tuple[list[torch.Tensor], list[torch.Tensor],
     return images, boxes, float(torch.cat(scales).median())
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` (:attr:`TrainConfig.precision`) means bfloat16 autocast on ``device``."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # private but the only probe: AMX tiles or AVX-512-BF16 run bf16 natively
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
 def lr_factor(cfg: TrainConfig, it: int, progress: float) -> float:
     """The learning-rate factor: linear warm-up over ``warmup_iters`` iterations from
     ``warmup_factor``, then cosine annealing over the schedule's ``progress`` ∈ [0, 1] after it.
@@ -143,6 +180,7 @@ def training_batch(
     g: torch.Generator,
     augment: bool,
     crop_positive: float = 0.7,
+    crops_per_view: int = 1,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Prepared (normalized on the *whole* view), augmented, cropped inputs and their boxes.
 
@@ -154,19 +192,21 @@ def training_batch(
         g: the sampling generator.
         augment: photometric before and flips / quarter turns after preparation.
         crop_positive: fraction of crops placed around a ground-truth box.
+        crops_per_view: crops cut from each prepared view (each with its own flip / turn).
     """
     ims, bxs = [], []
     with torch.no_grad():
         for raw, bx in zip(images, boxes):
             raw = photometric(raw, g) if augment else raw
             x, scale = detector.prepare(raw[None])
-            im, b = x[0], bx.to(x.device) * scale
-            if crop_px is not None and crop_px < max(im.shape[-2:]):
-                im, b = random_crop(im, b, crop_px, crop_positive, g)
-            if augment:
-                im, b = random_flip_rotate(im, b, g)
-            ims.append(im)
-            bxs.append(b)
+            for _ in range(crops_per_view):
+                im, b = x[0], bx.to(x.device) * scale
+                if crop_px is not None and crop_px < max(im.shape[-2:]):
+                    im, b = random_crop(im, b, crop_px, crop_positive, g)
+                if augment:
+                    im, b = random_flip_rotate(im, b, g)
+                ims.append(im)
+                bxs.append(b)
     return torch.stack(ims), bxs
 
 
@@ -213,14 +253,14 @@ def fit_detector(
             detector.config = replace(detector.config, max_box_px=cfg.crop_px / scale)
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(images)
-    per_epoch = max(1, n // cfg.batch_size)
+    per_epoch = max(1, n // cfg.views_per_step)
     total = cfg.max_iters or cfg.epochs * per_epoch
     module = detector.module.to(device)
     broadcast_parameters(module, info)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    probe_idx = list(range(min(cfg.batch_size, n)))
+    probe_idx = list(range(min(cfg.views_per_step, n)))
     probe = training_batch(
         detector,
         [images[i] for i in probe_idx],
@@ -229,7 +269,9 @@ def fit_detector(
         torch.Generator().manual_seed(cfg.seed + 1),
         False,
         cfg.crop_positive,
+        cfg.crops_per_view,
     )
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=use_bf16(cfg.precision, device))
 
     def probe_loss() -> float:
         state = torch.get_rng_state()
@@ -238,7 +280,7 @@ def fit_detector(
         for m in module.modules():  # losses need training mode; batch norm must not update
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             value = float(
                 detector.training_loss(probe[0].to(device), [b.to(device) for b in probe[1]])
             )
@@ -304,7 +346,7 @@ def fit_detector(
         lr = cfg.lr * lr_factor(cfg, it, progress)
         for group in opt.param_groups:
             group["lr"] = lr
-        step = cfg.batch_size * info.world_size
+        step = cfg.views_per_step * info.world_size
         while len(order) < step:
             order += torch.randperm(n, generator=g).tolist()
         idx, order = order[:step][info.rank :: info.world_size], order[step:]
@@ -316,8 +358,10 @@ def fit_detector(
             g,
             cfg.augment,
             cfg.crop_positive,
+            cfg.crops_per_view,
         )
-        loss = detector.training_loss(ims.to(device), [b.to(device) for b in bxs])
+        with autocast:
+            loss = detector.training_loss(ims.to(device), [b.to(device) for b in bxs])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train {detector.name}: non-finite loss at iteration {it}")
         opt.zero_grad(set_to_none=True)
