@@ -266,18 +266,3 @@ def test_shipped_detector_ignores_the_intensity_scale_of_a_chest_view():
     assert len(a) > 0 and len(a) == len(b)
     torch.testing.assert_close(a.boxes, b.boxes, atol=1e-2, rtol=0)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-3, rtol=0)
-
-
-def test_yolo_dense_evidence_puts_each_anchor_score_at_its_pixels():
-    det = detectors2d.build("yolo", dense_evidence=True)  # levels of stride 4, 8, 16, 32
-    scores = torch.zeros(1, 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2)
-    scores[0, 5 * 16 + 9] = 0.8  # stride 4: row 5, column 9
-    scores[0, 256 + 2 * 8 + 6] = 0.5  # stride 8: row 2, column 6
-    heat = det._score_map(scores, torch.Size((64, 64)))[0]
-    # bilinear ×4: the pixels next to the cell centre are 1/8 of a cell away along each axis
-    assert heat.shape == (64, 64) and float(heat.max()) == pytest.approx(0.8 * (7 / 8) ** 2)
-    row, col = divmod(int(heat.argmax()), 64)
-    assert 20 <= row < 24 and 36 <= col < 40  # the stride-4 cell (5, 9)
-    assert float(heat[16:24, 48:56].max()) == pytest.approx(0.5 * (15 / 16) ** 2)  # stride 8
-    d = det.predict(torch.rand(2, 1, 50, 70))
-    assert all(v.heatmap is not None and v.heatmap.shape == (50, 70) for v in d)

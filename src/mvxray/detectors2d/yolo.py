@@ -73,10 +73,6 @@ class YoloConfig:
         max_box_px: boxes whose longer side exceeds this (px of the views at the trained
             scale) are dropped; training on crops records the crop's size (``None``: no limit).
         batch_size: views per forward pass at inference.
-        dense_evidence: also return each view's dense score map (every level's class
-            confidence resampled to the view's pixels, the maximum over levels):
-            :class:`~mvxray.lifting.voting.VotingLifter` then votes with it instead of the
-            boxes that survive NMS.
     """
 
     model: str = "yolov8n-p2.yaml"
@@ -93,7 +89,6 @@ class YoloConfig:
     object_px_mm: float | None = None
     filter_height: int | None = None
     max_box_px: float | None = None
-    dense_evidence: bool = False
 
     def __post_init__(self) -> None:
         if not str(self.model).endswith((".yaml", ".yml")):
@@ -186,41 +181,17 @@ class YoloDetector(TorchDetectorMixin):
         loss, _ = self.model.loss(batch)
         return loss.sum()
 
-    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-        """ultralytics' NMS on the padded input → boxes (px of ``x``), confidences, classes
-        and, with ``dense_evidence``, the ``(h, w)`` score map."""
+    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """ultralytics' NMS on the padded input → boxes (px of ``x``), confidences, classes."""
         from ultralytics.utils.nms import non_max_suppression
 
         c = self.config
-        padded = self._pad(x)
-        preds = self.model(padded)
+        preds = self.model(self._pad(x))
         preds = preds[0] if isinstance(preds, (tuple, list)) else preds
         nms = non_max_suppression(
             preds, conf_thres=c.score_thresh, iou_thres=c.nms_iou, max_det=c.detections_per_img
         )
-        out = [(r[:, :4], r[:, 4], r[:, 5]) for r in nms]
-        if not c.dense_evidence:
-            return out
-        heat = self._score_map(preds[:, 4:].amax(1), padded.shape[-2:])[
-            :, : x.shape[-2], : x.shape[-1]
-        ]
-        return [(*r, h) for r, h in zip(out, heat)]
-
-    def _score_map(self, scores: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        """``(B, A)`` per-anchor confidences (levels concatenated, row-major) → ``(B, H, W)``:
-        each level's map resampled to ``size``, the maximum over levels."""
-        B, (H, W) = scores.shape[0], size
-        maps, start = [], 0
-        for s in self.model.stride.tolist():
-            h, w = H // int(s), W // int(s)
-            level = scores[:, start : start + h * w].reshape(B, 1, h, w)
-            maps.append(F.interpolate(level, size=(H, W), mode="bilinear", align_corners=False))
-            start += h * w
-        if start != scores.shape[1]:
-            raise RuntimeError(
-                f"YOLO: expected {start} anchors for {size}, found {scores.shape[1]}"
-            )
-        return torch.cat(maps, 1).amax(1)
+        return [(r[:, :4], r[:, 4], r[:, 5]) for r in nms]
 
     def save(self, path: str | Path) -> None:
         """Write config, model yaml and weights to one file, atomically."""
