@@ -60,6 +60,8 @@ def test_train_then_detect_writes_per_case_json(tiny_dataset, tmp_path, capsys, 
     assert main([*argv, "--batch", "2", "--no-progress", *extra]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["detector"] == detector
+    if detector == "yolo":  # whole views (--crop 0): the preset's 4 crops per view become 1
+        assert torch.load(out / "last.pt", weights_only=True)["config"]["crops_per_view"] == 1
     assert report["val"]["n_gt"] == 2.0 and 0.0 <= report["val"]["recall@1fp"] <= 1.0
     det_dir = tmp_path / "dets"
     assert (
@@ -166,3 +168,14 @@ def test_detect_multiview_wraps_the_detector(tiny_dataset, tmp_path, capsys):
     doc = json.loads((out / "case0.json").read_text())
     assert doc["detector"] == "oracle+multiview" and len(doc["views"]) == 2
     assert json.loads((out / "metrics.json").read_text())["n_images"] == 6.0
+
+
+def test_train_2d_fits_the_presets_crops_per_view_to_the_batch(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "model"
+    argv = ["train-2d", "--data", str(tiny_dataset), "--detector", "yolo", "--out", str(out)]
+    argv += ["--iters", "1", "--option", "model=yolov8n.yaml", "--crop", "32", "--no-progress"]
+    assert main([*argv, "--batch", "6"]) == 0  # the preset's 4 does not divide 6: 2 does
+    cfg = torch.load(out / "last.pt", weights_only=True)["config"]
+    assert cfg["crops_per_view"] == 2 and cfg["batch_size"] == 6 and cfg["precision"] == "auto"
+    assert main([*argv, "--batch", "6", "--crops-per-view", "4"]) == 1  # given: refused
+    assert "crops_per_view: expected a divisor of batch_size" in capsys.readouterr().err

@@ -266,3 +266,21 @@ def test_shipped_detector_ignores_the_intensity_scale_of_a_chest_view():
     assert len(a) > 0 and len(a) == len(b)
     torch.testing.assert_close(a.boxes, b.boxes, atol=1e-2, rtol=0)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_input_scale_resizes_any_view_and_maps_boxes_back(name):
+    det = detectors2d.build(name, **TINY[name], input_scale=2.0)
+    x, scale = det.prepare(torch.rand(2, 1, 30, 50))
+    assert x.shape == (2, 3, 60, 100) and scale == 2.0
+    # on square views, scale 2 and size 2x are the same resize: identical predictions
+    sized = detectors2d.build(name, **TINY[name], input_size=64)
+    sized.model.load_state_dict(det.model.state_dict())
+    images = torch.rand(2, 1, 32, 32)
+    for a, b in zip(det.predict(images), sized.predict(images)):
+        torch.testing.assert_close(a.boxes, b.boxes)
+        torch.testing.assert_close(a.scores, b.scores)
+    with pytest.raises(ValueError, match=r"input_size \(64\) or input_scale \(2.0\), not both"):
+        detectors2d.build(name, **TINY[name], input_size=64, input_scale=2.0)
+    with pytest.raises(ValueError, match=r"input_scale: expected > 0, found -1"):
+        detectors2d.build(name, **TINY[name], input_scale=-1)

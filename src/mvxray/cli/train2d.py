@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="crops cut from each prepared view (a divisor of --batch; default: the "
-        "detector's benchmark value, else 1)",
+        "detector's benchmark value, or the largest divisor of --batch below it; 1 with --crop 0)",
     )
     p.add_argument(
         "--precision",
@@ -104,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if not train:
         raise ValueError(f"--data: split {args.train_split!r} of {args.data} is empty")
     options = {**BENCH_DETECTORS.get(args.detector, {}), **dict(args.option)}
-    if args.size:
+    if args.size:  # an explicit size replaces the preset's upsampling
+        options.pop("input_scale", None)
         options["input_size"] = args.size
     det = detectors2d.build(args.detector, **options)
     if hasattr(det, "training_loss"):  # the torch detectors share one training loop
@@ -123,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
         for key in ("lr", "crops_per_view", "precision"):
             if getattr(args, key) is not None:
                 tr[key] = getattr(args, key)
+        if args.crops_per_view is None:  # the preset's, fitted to --batch and --crop
+            tr["crops_per_view"] = (
+                math.gcd(args.batch, tr.get("crops_per_view", 1)) if args.crop else 1
+            )
         fit = det.fit(train, out=args.out, resume=args.resume, **tr)
     else:
         fit = det.fit(train)

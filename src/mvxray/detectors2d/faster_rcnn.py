@@ -33,9 +33,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from mvxray.detectors2d.base import Detections2D
 from mvxray.detectors2d.checkpoint import config_from_dict
-from mvxray.detectors2d.normalize import (
-    TorchDetectorMixin,
-)
+from mvxray.detectors2d.normalize import TorchDetectorMixin, check_input_resize
 
 BACKBONES = ("resnet50_fpn", "resnet34_fpn", "resnet18_fpn", "mobilenet_v3")
 
@@ -65,6 +63,8 @@ class FasterRCNNConfig:
             more than 1; on a CPU, RoIAlign's backward is then ~4× cheaper (it was a third of
             a ResNet-18-FPN step on 128-px crops).
         input_size: resize views to this square size before the network (``None``: as given).
+        input_scale: resize views by this factor before the network (``None``: as given; not
+            with ``input_size``). 2 makes a 5-px indication cover 4× the stride-4 cells.
         norm: ``"batch"`` (trainable BatchNorm) or ``"frozen"`` (torchvision's FrozenBatchNorm).
         num_classes: indication classes (without background).
         bg_sigma_frac: input background-subtraction σ / image height.
@@ -91,6 +91,7 @@ class FasterRCNNConfig:
     representation_size: int = 1024
     roi_sampling_ratio: int = 2
     input_size: int | None = None
+    input_scale: float | None = None
     norm: str = "batch"
     num_classes: int = 1
     bg_sigma_frac: float = 1 / 32
@@ -123,6 +124,7 @@ class FasterRCNNConfig:
             raise ValueError(
                 f"FasterRCNNConfig.norm: expected 'batch' or 'frozen', found {self.norm!r}"
             )
+        check_input_resize(self)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvxray.detectors2d.checkpoint import config_from_dict
-from mvxray.detectors2d.normalize import TorchDetectorMixin
+from mvxray.detectors2d.normalize import TorchDetectorMixin, check_input_resize
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class HeatmapConfig:
         size_weight: weight of the log-size L1 loss.
         offset_weight: weight of the centre-offset L1 loss.
         input_size: resize square views to this size (``None``: as given).
+        input_scale: resize views by this factor before the network (``None``: as given; not
+            with ``input_size``). 2 makes a 5-px indication cover 4× the stride-4 cells.
         bg_sigma_frac: input background-subtraction σ / image height.
         batch_size: views per forward pass at inference.
         tta: at inference, average the heatmap over the view turned by 0, 90, 180 and 270°
@@ -57,6 +59,7 @@ class HeatmapConfig:
     size_weight: float = 1.0
     offset_weight: float = 1.0
     input_size: int | None = None
+    input_scale: float | None = None
     bg_sigma_frac: float = 1 / 32
     batch_size: int = 8
     tta: bool = True
@@ -69,6 +72,7 @@ class HeatmapConfig:
             raise ValueError(
                 f"HeatmapConfig.widths: expected >= 2 positive widths, found {self.widths}"
             )
+        check_input_resize(self)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

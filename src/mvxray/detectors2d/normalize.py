@@ -185,6 +185,16 @@ def xray_channels(
     return torch.cat([x, hp, dog], dim=1)
 
 
+def check_input_resize(config: Any) -> None:
+    """Refuse a learned detector's config that sets both ``input_size`` and ``input_scale``, or
+    a scale that is not positive."""
+    name, size, scale = type(config).__name__, config.input_size, config.input_scale
+    if size is not None and scale is not None:
+        raise ValueError(f"{name}: set input_size ({size}) or input_scale ({scale}), not both")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"{name}.input_scale: expected > 0, found {scale}")
+
+
 def _heat_at(heat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A ``(h, w)`` heatmap of a resized input at the view's own ``size``."""
     if tuple(heat.shape) == size:
@@ -200,7 +210,7 @@ class TorchDetectorMixin:
     prediction loop, training and (state-dict) persistence.
 
     Needs ``self.model`` (an ``nn.Module``), ``self.config`` with ``bg_sigma_frac``,
-    ``input_size`` and ``batch_size``, the class attribute ``config_class`` (the config
+    ``input_size``, ``input_scale`` and ``batch_size``, the class attribute ``config_class`` (the config
     dataclass) and :meth:`_detect`.
     """
 
@@ -303,6 +313,13 @@ class TorchDetectorMixin:
             self.config.bg_sigma_frac,
             reference_height=self.config.filter_height,
         )
+        factor = self.config.input_scale
+        if factor is not None and factor != 1:
+            # scale_factor kept as given: a continuous coordinate u maps to exactly u · factor
+            x = torch.nn.functional.interpolate(
+                x, scale_factor=factor, mode="bilinear", recompute_scale_factor=False
+            )
+            return x, float(factor)
         size = self.config.input_size
         if size is None or (size, size) == tuple(images.shape[-2:]):
             return x, 1.0

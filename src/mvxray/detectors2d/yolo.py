@@ -34,6 +34,7 @@ from torch import nn
 from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
 from mvxray.detectors2d.normalize import (
     TorchDetectorMixin,
+    check_input_resize,
     robust_normalize,
 )
 from mvxray.paths import cache_dir
@@ -63,6 +64,8 @@ class YoloConfig:
         detections_per_img: at most this many boxes per view.
         input_size: resize square views to this size (multiple of 32; ``None``: as given, padded
             to a multiple of 32).
+        input_scale: resize views by this factor before the network (``None``: as given; not
+            with ``input_size``). 2 makes a 5-px indication cover 4× the stride-4 cells.
         box_gain: box-loss weight (ultralytics' ``box``).
         cls_gain: classification-loss weight (``cls``).
         dfl_gain: distribution-focal-loss weight (``dfl``).
@@ -81,6 +84,7 @@ class YoloConfig:
     nms_iou: float = 0.5
     detections_per_img: int = 100
     input_size: int | None = None
+    input_scale: float | None = None
     box_gain: float = 7.5
     cls_gain: float = 0.5
     dfl_gain: float = 1.5
@@ -99,6 +103,7 @@ class YoloConfig:
             raise ValueError(
                 f"YoloConfig.input_size: expected a multiple of 32, found {self.input_size}"
             )
+        check_input_resize(self)
 
 
 def to_yolo_labels(boxes: list[torch.Tensor], height: int, width: int) -> dict[str, torch.Tensor]:
