@@ -51,8 +51,9 @@ class TrainConfig:
         crop_px: train on random ``crop_px`` squares (``None`` = whole views).
         crop_positive: fraction of crops placed around a ground-truth box.
         crops_per_view: crops cut from each prepared view (needs ``crop_px``): preparing a
-            whole view costs as much as a network step on a few 128-px crops, so several crops
-            per view make a step cheaper; a step then draws ``batch_size / crops_per_view`` views.
+            whole 256-px view per crop was a third of a YOLO step on 128-px crops, so several
+            crops per view make a step cheaper; a step then draws ``batch_size /
+            crops_per_view`` views.
         precision: ``"fp32"``; ``"bf16"`` runs the forward pass under bfloat16 autocast (CPUs
             with AMX / AVX-512-BF16 and recent GPUs make a step cheaper, others slower);
             ``"auto"``: bf16 where the device has native bf16, else fp32 (:func:`use_bf16`).
