@@ -53,10 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=("fp32", "bf16", "auto"),
         default=None,
-        help="bf16: bfloat16 autocast (CPUs with AMX / AVX-512-BF16, recent GPUs; default: "
-        "the detector's benchmark value, else fp32)",
+        help="bf16: bfloat16 autocast (CPUs with AMX / AVX-512-BF16, recent GPUs); auto: bf16 "
+        "where the device runs it natively (default: the detector's benchmark value, else fp32)",
     )
     p.add_argument(
         "--lr",

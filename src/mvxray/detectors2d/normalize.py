@@ -210,8 +210,8 @@ class TorchDetectorMixin:
     prediction loop, training and (state-dict) persistence.
 
     Needs ``self.model`` (an ``nn.Module``), ``self.config`` with ``bg_sigma_frac``,
-    ``input_size``, ``input_scale`` and ``batch_size``, the class attribute ``config_class`` (the config
-    dataclass) and :meth:`_detect`.
+    ``input_size``, ``input_scale`` and ``batch_size``, the class attribute ``config_class``
+    (the config dataclass) and :meth:`_detect`.
     """
 
     model: torch.nn.Module
