@@ -26,9 +26,8 @@ from mvxray.geometry import Rig
 
 #: (label, detector options, training options) per detector, the reference first: the
 #: benchmark presets with one crop per view, float32 and torchvision's RoIAlign sampling.
-_REFERENCE = {"crops_per_view": 1, "precision": "fp32"}
 VARIANTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
-    ("reference (1 crop per view, fp32)", {}, _REFERENCE),
+    ("reference (1 crop per view, fp32)", {}, {"crops_per_view": 1, "precision": "fp32"}),
     ("4 crops per view", {}, {"crops_per_view": 4, "precision": "fp32"}),
     ("4 crops per view, precision auto", {}, {"crops_per_view": 4, "precision": "auto"}),
 ]
