@@ -148,8 +148,8 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether ``precision`` (:attr:`TrainConfig.precision`) means bfloat16 autocast on ``device``."""
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # emulated bf16 (pre-Ampere GPUs) would be slower, not faster
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return False
     try:  # private but the only probe: AMX tiles or AVX-512-BF16 run bf16 natively
