@@ -55,6 +55,7 @@ def test_train_config_rejects_inconsistent_crops_and_unknown_precision():
 
 
 def test_bf16_training_on_several_crops_per_view_lowers_the_loss(blob_dataset):
+    torch.manual_seed(0)  # the network's initialization: fit seeds only its own sampling
     det = detectors2d.build("heatmap", widths=(8, 16, 32))
     out = det.fit(
         blob_dataset,
@@ -81,3 +82,13 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_runs_it_natively(monkeypatc
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         assert use_bf16("auto", cpu) == (amx or avx512_bf16)
     assert not use_bf16("auto", torch.device("meta"))
+
+
+def test_auto_precision_skips_a_gpu_that_only_emulates_bf16(monkeypatch):
+    # A pre-Ampere GPU: bf16 "supported" only by emulation, which is slower than float32.
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation
+    )
+    assert not use_bf16("auto", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert use_bf16("auto", torch.device("cuda"))
