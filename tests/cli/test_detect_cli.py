@@ -177,5 +177,8 @@ def test_train_2d_fits_the_presets_crops_per_view_to_the_batch(tiny_dataset, tmp
     assert main([*argv, "--batch", "6", "--precision", "bf16"]) == 0  # 4 does not divide 6: 2
     cfg = torch.load(out / "last.pt", weights_only=True)["config"]
     assert cfg["crops_per_view"] == 2 and cfg["batch_size"] == 6 and cfg["precision"] == "bf16"
+    assert main([*argv, "--batch", "4", "--out", str(tmp_path / "preset")]) == 0
+    cfg = torch.load(tmp_path / "preset" / "last.pt", weights_only=True)["config"]
+    assert cfg["crops_per_view"] == 4 and cfg["precision"] == "auto"  # the preset's, unchanged
     assert main([*argv, "--batch", "6", "--crops-per-view", "4"]) == 1  # given: refused
     assert "crops_per_view: expected a divisor of batch_size" in capsys.readouterr().err
