@@ -10,18 +10,21 @@ import pytest
 from mvxray.benchmarks.detect2d import main
 
 
-def test_detect2d_script_scores_plain_and_multiview_rows(
+def test_detect2d_script_scores_plain_multiview_and_rescored_rows(
     two_case_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--data", str(two_case_dataset), "--detectors", "oracle", "--multiview"]
+    argv = ["--data", str(two_case_dataset), "--detectors", "oracle", "--multiview", "--rescore"]
     assert main([*argv, "--out", str(tmp_path / "out"), "--no-progress", "--threads", "1"]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["detector"]: r for r in doc["results"]}
-    assert set(rows) == {"oracle", "oracle+multiview"}
+    assert set(rows) == {"oracle", "oracle+multiview", "oracle+multiview+fpr"}
     assert rows["oracle"]["recall@1fp"] == 1.0
     # The projected 3D boxes of the exact 2D boxes are the 2D boxes again.
     assert rows["oracle+multiview"]["recall@1fp"] == 1.0
     assert rows["oracle+multiview"]["ap50"] > 0.95
+    # Re-scored by a classifier fitted on case "a": the two indications of "b" still come first.
+    fpr = rows["oracle+multiview+fpr"]
+    assert fpr["recall@1fp"] == 1.0 and fpr["ap50"] > 0.95 and fpr["train_s"] > 0
 
 
 def test_detect2d_trains_on_several_datasets_and_scores_an_independent_test_set(

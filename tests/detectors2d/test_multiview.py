@@ -8,10 +8,13 @@ import torch
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d import HeatmapDetector, predict_sample
 from mvxray.detectors2d import build as build_detector
-from mvxray.detectors2d.multiview import MultiViewDetector
+from mvxray.detectors2d.base import Detections2D
+from mvxray.detectors2d.multiview import MultiViewDetector, rescoring_lifter
 from mvxray.detectors2d.oracle import OracleDetector
 from mvxray.geometry import Rig, box3d_from_center_size, box_iou_2d, project_boxes3d
 from mvxray.lifting import build
+
+from ..lifting.conftest import StoredDetector, make_scene
 
 
 def _scene() -> MultiViewSample:
@@ -86,3 +89,67 @@ def test_heatmap_detector_returns_its_dense_heatmap_at_view_size(input_size) -> 
     for d in dets:
         assert d.heatmap is not None and d.heatmap.shape == (48, 48)
         assert float(d.heatmap.min()) >= 0.0 and float(d.heatmap.max()) <= 1.0
+
+
+def _clutter_scenes(n: int) -> list[tuple[MultiViewSample, list[Detections2D]]]:
+    """Two indications (exact boxes, score 0.3, every view) and two distractors consistent in 3D
+    (boxes 3× as large, score 0.45): the vote ranks the distractors first. Centres >= 20 mm apart."""
+    rig = Rig.circular(6, 300.0, 600.0, 96, 96, 3.0)
+    out, seed = [], 20
+    while len(out) < n:
+        seed += 1
+        s = make_scene(rig, 4, seed=seed, spread_mm=30.0)
+        c = (s.boxes3d[:, :3] + s.boxes3d[:, 3:]) / 2
+        if float((torch.cdist(c, c) + 1e3 * torch.eye(4)).min()) < 20.0:
+            continue
+        mid, half = (
+            (s.boxes2d[..., :2] + s.boxes2d[..., 2:]) / 2,
+            s.boxes2d[..., 2:] - s.boxes2d[..., :2],
+        )
+        big = torch.cat([mid - 1.5 * half, mid + 1.5 * half], -1)
+        boxes = torch.cat([s.boxes2d[:, :2], big[:, 2:]], 1)
+        dets = [
+            Detections2D(b, torch.tensor([0.3, 0.3, 0.45, 0.45]), torch.zeros(4).long())
+            for b in boxes
+        ]
+        keep = slice(0, 2)
+        truth = MultiViewSample(
+            s.images,
+            rig,
+            s.boxes3d[keep],
+            s.boxes2d[:, keep],
+            s.visible2d[:, keep],
+            s.labels[keep],
+            s.case_id,
+        )
+        out.append((truth, dets))
+    return out
+
+
+def test_a_fitted_rescoring_lifter_ranks_the_base_detectors_clutter_down() -> None:
+    scenes = _clutter_scenes(10)
+    train, test = scenes[:6], scenes[6:]
+    mv = MultiViewDetector(
+        StoredDetector({s.case_id: d for s, d in scenes}),
+        rescoring_lifter(region_mm=(-40.0,) * 3 + (40.0,) * 3),
+    )
+
+    def views_with_both_first(pairs: list) -> int:
+        """Views whose two best boxes are centred within 2 px of the two indications."""
+        n = 0
+        for sample, _ in pairs:
+            for v, d in enumerate(predict_sample(mv, sample)):
+                gt = (sample.boxes2d[v, :, :2] + sample.boxes2d[v, :, 2:]) / 2
+                top = (d.boxes[:2, :2] + d.boxes[:2, 2:]) / 2
+                n += int(len(top) == 2 and float(torch.cdist(gt, top).amin(1).max()) < 2.0)
+        return n
+
+    assert views_with_both_first(test) == 0  # the vote alone: the distractors come first
+    stats = mv.fit_lifter([s for s, _ in train])
+    assert stats["positives"] == 12 and stats["candidates"] > 12
+    assert views_with_both_first(test) == 4 * 6  # every view of the 4 unseen scenes
+
+
+def test_fit_lifter_refuses_a_lifter_that_does_not_learn() -> None:
+    with pytest.raises(TypeError, match="voting_fpr"):
+        MultiViewDetector(OracleDetector()).fit_lifter([_scene()])

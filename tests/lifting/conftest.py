@@ -63,3 +63,15 @@ def oracle_detections(
             sc = torch.cat([sc, 0.5 * torch.rand(fp_per_view, generator=g)])
         out.append(Detections2D(b.float(), sc, torch.zeros(len(b), dtype=torch.long)))
     return out
+
+
+class StoredDetector:
+    """A "detector" that returns the detections stored for each case (by case id)."""
+
+    name = "stored"
+
+    def __init__(self, detections: dict[str, list[Detections2D]]) -> None:
+        self.detections = detections
+
+    def predict_sample(self, sample: MultiViewSample) -> list[Detections2D]:
+        return self.detections[sample.case_id]

@@ -11,20 +11,10 @@ from mvxray.geometry import Rig, box3d_center_size, project_points
 from mvxray.lifting import build, load
 from mvxray.lifting.fpr import FEATURES, FPRVotingLifter, candidate_features, candidate_labels
 
-from .conftest import make_scene
+from .conftest import StoredDetector, make_scene
 
 REGION = (-40.0, -40.0, -40.0, 40.0, 40.0, 40.0)
 RIG = Rig.circular(6, 300.0, 600.0, 96, 96, 3.0)
-
-
-class _Stored:
-    """A "detector" that returns the detections stored with each sample (by case id)."""
-
-    def __init__(self, detections: dict[str, list[Detections2D]]) -> None:
-        self.detections = detections
-
-    def predict_sample(self, sample: MultiViewSample) -> list[Detections2D]:
-        return self.detections[sample.case_id]
 
 
 def _scene(seed: int) -> tuple[MultiViewSample, list[Detections2D]]:
@@ -84,7 +74,9 @@ def test_fit_learns_to_rank_sharp_indications_above_broad_clutter(scenes: list) 
     lifter = FPRVotingLifter(region_mm=REGION)
     # Untrained it is the vote: the broad, stronger distractors come first.
     assert _top2_hits(lifter, test) <= 2
-    stats = lifter.fit([s for s, _ in train], detector=_Stored({s.case_id: d for s, d in train}))
+    stats = lifter.fit(
+        [s for s, _ in train], detector=StoredDetector({s.case_id: d for s, d in train})
+    )
     assert stats["positives"] == 16 and stats["candidates"] > stats["positives"]
     assert stats["loss"] < 0.2
     assert _top2_hits(lifter, test) == 8  # all true indications of the 4 unseen scenes first
@@ -93,7 +85,7 @@ def test_fit_learns_to_rank_sharp_indications_above_broad_clutter(scenes: list) 
 def test_save_load_round_trip_gives_identical_scores(scenes: list, tmp_path) -> None:
     lifter = build("voting_fpr", region_mm=REGION, hidden=0, epochs=50)
     train = scenes[:4]
-    lifter.fit([s for s, _ in train], detector=_Stored({s.case_id: d for s, d in train}))
+    lifter.fit([s for s, _ in train], detector=StoredDetector({s.case_id: d for s, d in train}))
     lifter.save(tmp_path / "fpr.pt")
     again = load("voting_fpr", tmp_path / "fpr.pt")
     sample, dets = scenes[5]
@@ -128,9 +120,9 @@ def test_bad_input_errors(scenes: list, tmp_path) -> None:
     )
     lifter = FPRVotingLifter(region_mm=REGION)
     with pytest.raises(ValueError, match=r"none of the .* training candidates"):
-        lifter.fit([empty], detector=_Stored({sample.case_id: dets}))
+        lifter.fit([empty], detector=StoredDetector({sample.case_id: dets}))
     with pytest.raises(ValueError, match="no training candidate"):
-        lifter.fit([], detector=_Stored({}))
+        lifter.fit([], detector=StoredDetector({}))
     with pytest.raises(RuntimeError, match="not fitted"):
         lifter.save(tmp_path / "x.pt")
     torch.save({"lifter": "mv2d"}, tmp_path / "other.pt")

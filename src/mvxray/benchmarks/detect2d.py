@@ -165,17 +165,20 @@ def run(
     progress: bool = True,
     multiview: bool = False,
     test: Path | None = None,
+    rescore: bool = False,
 ) -> list[dict[str, Any]]:
     """Train (within ``minutes`` each) and evaluate ``detectors``; rows of results.
 
     The ``train`` splits of ``data`` (one dataset or several) train; the ``test`` splits are
     scored, or every case of ``test`` when given. ``demo`` is the shipped detector (not trained
     again). With ``multiview``, every detector also gets a ``<name>+multiview`` row
-    (:class:`~mvxray.detectors2d.multiview.MultiViewDetector`).
+    (:class:`~mvxray.detectors2d.multiview.MultiViewDetector`); with ``rescore``, a
+    ``<name>+multiview+fpr`` row, its vote re-scored by a classifier fitted on the train split
+    (:func:`~mvxray.detectors2d.multiview.rescoring_lifter`; ``train_s`` is that fit's time).
     """
     from mvxray import detectors2d
     from mvxray.datasets.torchdata import MultiViewDataset
-    from mvxray.detectors2d.multiview import MultiViewDetector
+    from mvxray.detectors2d.multiview import MultiViewDetector, rescoring_lifter
 
     datasets = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     train_list = [s for d in datasets for s in MultiViewDataset(d, "train")]
@@ -203,10 +206,16 @@ def run(
             det = detectors2d.build(name, **BENCH_DETECTORS.get(name, {}))
             fit = det.fit(train_list)
             det.save(out / name / "model.pt")
-        train_s = time.monotonic() - t
-        for variant in [det, MultiViewDetector(det)] if multiview else [det]:
+        variants = [(name, det, fit, time.monotonic() - t)]
+        if multiview:
+            variants.append((f"{name}+multiview", MultiViewDetector(det), {}, 0.0))
+        if rescore:
+            t = time.monotonic()
+            mv = MultiViewDetector(det, rescoring_lifter())
+            fit = mv.fit_lifter(train_list, progress=progress)
+            variants.append((f"{name}+multiview+fpr", mv, fit, time.monotonic() - t))
+        for label, variant, fit, train_s in variants:
             metrics, infer_s = evaluate_detector(variant, test_list)
-            label = name if variant is det else f"{name}+multiview"
             rows.append(
                 {
                     "detector": label,
@@ -249,6 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also score each detector made consistent across the views (voting lifter)",
     )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="also score each made multi-view with its vote re-scored by a classifier fitted "
+        "on the train split (voting_fpr)",
+    )
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per detector")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="output folder (default: in the cache)")
@@ -270,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         not args.no_progress,
         args.multiview,
         args.test,
+        args.rescore,
     )
     print(_table(rows))
     summary = {

@@ -9,6 +9,11 @@ in the views where it was missed too, and single-view clutter gets none.
 
 It needs the case's rig, so it detects through :func:`mvxray.detectors2d.predict_sample` (or
 its own :meth:`MultiViewDetector.predict_sample`), not from bare images.
+
+The vote ranks some clutter that is moderately consistent across views above faint indications.
+With :func:`rescoring_lifter` (``voting_fpr``: the vote's candidates re-scored by a classifier of
+how their evidence is spread) and :meth:`MultiViewDetector.fit_lifter` on the training cases,
+the base detector's own kind of clutter is learned and ranked down.
 """
 
 from __future__ import annotations
@@ -22,6 +27,23 @@ import torch
 
 from mvxray.detectors2d.base import Detections2D, predict_sample
 from mvxray.geometry import project_boxes3d
+
+#: Lifters that :meth:`MultiViewDetector.fit_lifter` fits on the base detector's output.
+_TRAINABLE = frozenset({"voting_fpr"})
+
+
+def rescoring_lifter(**overrides: Any) -> Any:
+    """The ``voting_fpr`` lifter for :class:`MultiViewDetector`: the default vote (``fit_box``)
+    with its candidates re-scored by a logistic regression once :meth:`MultiViewDetector.fit_lifter`
+    has fitted it (until then it scores like the vote).
+
+    A logistic regression rather than ``voting_fpr``'s default MLP: fitted on YOLO's detections of
+    48 training cases, YOLO made multi-view reached recall 0.70 at 1 FP/image on the 12 validation
+    cases with it, 0.65 with the MLP and 0.59 with the plain vote.
+    """
+    from mvxray.lifting import build
+
+    return build("voting_fpr", **{"fit_box": True, "hidden": 0, **overrides})
 
 
 class MultiViewDetector:
@@ -98,8 +120,25 @@ class MultiViewDetector:
         return relaxed
 
     def fit(self, train: Any, val: Any | None = None, **kwargs: Any) -> dict[str, float]:
-        """Train the base detector (the multi-view step has no weights)."""
+        """Train the base detector (then :meth:`fit_lifter` for a lifter that learns)."""
         return self.base.fit(train, val, **kwargs)
+
+    def fit_lifter(
+        self, train: Any, val: Any | None = None, progress: bool = False
+    ) -> dict[str, float]:
+        """Fit the lifter on what the base detector, run as in :meth:`predict_sample`, finds in
+        ``train`` (a lifter that learns from detections, e.g. :func:`rescoring_lifter`).
+
+        Raises:
+            TypeError: the lifter does not learn from detections.
+        """
+        fit = getattr(self.lifter, "fit", None)
+        if getattr(self.lifter, "name", None) not in _TRAINABLE or not callable(fit):
+            raise TypeError(
+                f"{self.name}: lifter {getattr(self.lifter, 'name', self.lifter)!r} does not "
+                f"learn from detections; use one of {sorted(_TRAINABLE)} (rescoring_lifter())"
+            )
+        return fit(train, val, detector=self._relaxed_base(), progress=progress)
 
     def save(self, path: str | Path) -> None:
         """Save the base detector (load it and wrap it again to restore this one)."""
