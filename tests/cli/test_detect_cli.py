@@ -182,3 +182,24 @@ def test_train_2d_fits_the_presets_crops_per_view_to_the_batch(tiny_dataset, tmp
     assert cfg["crops_per_view"] == 4 and cfg["precision"] == "auto"  # the preset's, unchanged
     assert main([*argv, "--batch", "6", "--crops-per-view", "4"]) == 1  # given: refused
     assert "crops_per_view: expected a divisor of batch_size" in capsys.readouterr().err
+
+
+def test_detect_rescore_fits_saves_and_reloads_the_rescorer(two_case_dataset, tmp_path, capsys):
+    argv = ["detect", "--data", str(two_case_dataset), "--model", "oracle", "--no-progress"]
+    first, again = tmp_path / "fit", tmp_path / "again"
+    assert (
+        main([*argv, "--multiview", "--rescore", str(two_case_dataset), "--out", str(first)]) == 0
+    )
+    assert "rescorer fitted on" in capsys.readouterr().out
+    assert (first / "rescorer.pt").is_file()
+    rescorer = str(first / "rescorer.pt")
+    assert main([*argv, "--multiview", "--rescore", rescorer, "--out", str(again)]) == 0
+    for name in ("a.json", "b.json", "metrics.json"):  # the saved rescorer scores identically
+        assert (first / name).read_text() == (again / name).read_text()
+    assert json.loads((first / "metrics.json").read_text())["recall@1fp"] == 1.0
+    assert main([*argv, "--rescore", rescorer, "--out", str(tmp_path / "x")]) == 1
+    assert "add --multiview" in capsys.readouterr().err
+    assert (
+        main([*argv, "--multiview", "--rescore", str(tmp_path), "--out", str(tmp_path / "y")]) == 1
+    )
+    assert "no dataset.json" in capsys.readouterr().err
