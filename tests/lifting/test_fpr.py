@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -130,3 +132,45 @@ def test_bad_input_errors(scenes: list, tmp_path) -> None:
         FPRVotingLifter.load(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="window_px"):
         FPRVotingLifter(window_px=4)
+
+
+def _look_alike(seed: int) -> tuple[MultiViewSample, list[Detections2D]]:
+    """The four centres of ``_scene(seed)`` with the same evidence (0.3, σ 1.2 px) in every
+    view; only the first two are blobs in the X-rays (on noise)."""
+    truth, _ = _scene(seed)
+    sample = make_scene(RIG, 4, seed=seed, spread_mm=30.0)
+    centres, _ = box3d_center_size(sample.boxes3d.double())
+    uv, _ = project_points(centres, RIG.K, RIG.T_cam_from_ct)
+    ys, xs = torch.meshgrid(torch.arange(96) + 0.5, torch.arange(96) + 0.5, indexing="ij")
+    g = torch.Generator().manual_seed(seed)
+    images = 0.2 * torch.rand(RIG.num_views, 1, 96, 96, generator=g)
+    dets = []
+    for v in range(RIG.num_views):
+        heat = torch.zeros(96, 96)
+        for m in range(4):
+            d2 = (xs - uv[v, m, 0].float()) ** 2 + (ys - uv[v, m, 1].float()) ** 2
+            heat = torch.maximum(heat, 0.3 * torch.exp(-d2 / (2 * 1.2**2)))
+            if m < 2:
+                images[v, 0] += torch.exp(-d2 / (2 * 2.0**2))
+        dets.append(Detections2D(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0).long(), heat))
+    return dataclasses.replace(truth, images=images), dets
+
+
+def test_the_patch_classifier_tells_apart_what_only_the_xrays_show(scenes: list, tmp_path) -> None:
+    pairs = [_look_alike(int(s.case_id[1:])) for s, _ in scenes]
+    train, test = pairs[:8], pairs[8:]
+    detector = StoredDetector({s.case_id: d for s, d in pairs})
+    features_only = FPRVotingLifter(region_mm=REGION, hidden=0)
+    features_only.fit([s for s, _ in train], detector=detector)
+    lifter = FPRVotingLifter(region_mm=REGION, patch_px=16, patch_epochs=15, patch_batch=16)
+    stats = lifter.fit([s for s, _ in train], detector=detector)
+    assert stats["positives"] == 16
+    assert _top2_hits(features_only, test) < 8  # the evidence alone cannot tell them apart
+    assert _top2_hits(lifter, test) == 8
+    lifter.save(tmp_path / "fpr.pt")
+    again = load("voting_fpr", tmp_path / "fpr.pt")
+    sample, dets = test[0]
+    assert again.fpr.patch_px == 16
+    assert torch.equal(lifter.lift(sample, dets).scores, again.lift(sample, dets).scores)
+    with pytest.raises(ValueError, match="patch_px"):
+        FPRVotingLifter(patch_px=12)

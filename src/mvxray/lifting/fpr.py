@@ -29,6 +29,7 @@ from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D, predict_sample
 from mvxray.geometry import project_points, visible_mask
 from mvxray.lifting.base import Lifted3D
+from mvxray.lifting.patches import JITTER_PX, PatchScorer, augment, candidate_patches, centre
 from mvxray.lifting.voting import Candidates, VotingConfig, VotingLifter
 
 #: The feature names of :func:`candidate_features`, in column order.
@@ -63,7 +64,13 @@ class FPRConfig:
         epochs: full-batch AdamW steps.
         lr: learning rate.
         weight_decay: AdamW weight decay.
-        seed: seed of the MLP's initialization.
+        seed: seed of the classifier's initialization (and of its batches and augmentation).
+        patch_px: with a side > 0 (a multiple of 8), the classifier also looks at the X-rays:
+            a CNN on a ``patch_px`` patch of every view around the candidate, pooled over the
+            views, with the features (:mod:`mvxray.lifting.patches`); 0: features only.
+        patch_epochs: passes over the training candidates of the patch classifier …
+        patch_batch: … in batches of this many candidates, …
+        patch_lr: … with a one-cycle learning rate peaking here.
     """
 
     voting: VotingConfig = field(default_factory=lambda: VotingConfig(max_boxes=40))
@@ -73,6 +80,10 @@ class FPRConfig:
     lr: float = 1e-2
     weight_decay: float = 1e-3
     seed: int = 0
+    patch_px: int = 0
+    patch_epochs: int = 20
+    patch_batch: int = 64
+    patch_lr: float = 2e-3
 
     def __post_init__(self) -> None:
         if self.window_px < 1 or self.window_px % 2 == 0:
@@ -81,6 +92,10 @@ class FPRConfig:
             raise ValueError(
                 f"FPRConfig: expected hidden >= 0 and epochs >= 1, "
                 f"found {self.hidden}, {self.epochs}"
+            )
+        if self.patch_px < 0 or self.patch_px % 8:
+            raise ValueError(
+                f"FPRConfig.patch_px: expected 0 or a multiple of 8, found {self.patch_px}"
             )
 
 
@@ -198,8 +213,13 @@ class FPRVotingLifter(VotingLifter):
             config = FPRConfig(**overrides, voting=voting)
         self.fpr = config
         super().__init__(config.voting)
-        self.model = _MLP(len(FEATURES), config.hidden)
+        self.model = self._new_model()
         self.fitted = False
+
+    def _new_model(self) -> nn.Module:
+        if self.fpr.patch_px:
+            return PatchScorer(len(FEATURES), self.fpr.patch_px)
+        return _MLP(len(FEATURES), self.fpr.hidden)
 
     def lift(self, sample: MultiViewSample, detections: list[Detections2D]) -> Lifted3D:
         """Lift one case; scores are the classifier's probabilities once fitted."""
@@ -207,9 +227,35 @@ class FPRVotingLifter(VotingLifter):
         if not self.fitted or len(c.points) == 0:
             return self._lifted(sample, detections, c, self.vote_scores(c.votes))
         with torch.no_grad():
-            x = candidate_features(sample.rig, c, self.config.eps, self.fpr.window_px)
-            scores = torch.sigmoid(self.model(x)).double()
+            x, patches, seen = self._inputs(sample, c)
+            scores = torch.sigmoid(self._logits(self.model, x, patches, seen)).double()
         return self._lifted(sample, detections, c, scores)
+
+    def _inputs(
+        self, sample: MultiViewSample, c: Candidates
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The candidates' features and, with ``patch_px``, their patches (cut
+        :data:`~mvxray.lifting.patches.JITTER_PX` larger, float16) and visibility."""
+        x = candidate_features(sample.rig, c, self.config.eps, self.fpr.window_px)
+        if not self.fpr.patch_px:
+            return x, None, None
+        size = self.fpr.patch_px + 2 * JITTER_PX
+        patches, seen = candidate_patches(sample.images, sample.rig, c.points, size)
+        return x, patches.half(), seen
+
+    def _logits(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        patches: torch.Tensor | None,
+        seen: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if patches is None:
+            return model(x)
+        size = self.fpr.patch_px
+        crop = centre(patches, size) if generator is None else augment(patches, size, generator)
+        return model(x, crop, seen)
 
     def fit(
         self,
@@ -228,7 +274,7 @@ class FPRVotingLifter(VotingLifter):
         Raises:
             ValueError: no training candidate, or none is a positive (nothing to learn from).
         """
-        x, y = self._dataset(train, detector, progress)
+        x, patches, seen, y = self._dataset(train, detector, progress)
         if not len(y):
             raise ValueError("FPRVotingLifter.fit: no training candidate (no sample, or no vote)")
         if y.sum() == 0:
@@ -236,43 +282,81 @@ class FPRVotingLifter(VotingLifter):
                 f"FPRVotingLifter.fit: none of the {len(y)} training candidates hits an "
                 "indication; check the detector and the ground truth"
             )
-        cfg = self.fpr
-        with torch.random.fork_rng():  # seeded initialization without touching the caller's RNG
-            torch.manual_seed(cfg.seed)
-            model = _MLP(x.shape[1], cfg.hidden)
-        model.mean.copy_(x.mean(0))
-        model.std.copy_(x.std(0).clamp(min=1e-6))
-        opt = torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
         pos_weight = (len(y) - y.sum()) / y.sum()
-        for _ in range(cfg.epochs):
-            opt.zero_grad()
-            loss = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight)
-            loss.backward()
-            opt.step()
+        with torch.random.fork_rng():  # seeded without touching the caller's RNG
+            torch.manual_seed(self.fpr.seed)
+            model = self._new_model()
+            model.mean.copy_(x.mean(0))
+            model.std.copy_(x.std(0).clamp(min=1e-6))
+            loss = self._train(model, x, patches, seen, y, pos_weight, progress)
         self.model, self.fitted = model.eval(), True
-        out = {"loss": loss.item(), "candidates": float(len(y)), "positives": float(y.sum())}
-        xv, yv = self._dataset(val or [], detector, progress)
+        out = {"loss": loss, "candidates": float(len(y)), "positives": float(y.sum())}
+        xv, pv, sv, yv = self._dataset(val or [], detector, progress)
         if len(yv):
             with torch.no_grad():
+                logits = self._logits(model, xv, pv, sv)
                 out["val_loss"] = float(
-                    F.binary_cross_entropy_with_logits(model(xv), yv, pos_weight=pos_weight)
+                    F.binary_cross_entropy_with_logits(logits, yv, pos_weight=pos_weight)
                 )
         return out
 
-    def _dataset(
-        self, samples: Iterable[MultiViewSample], detector: Any, progress: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        patches: torch.Tensor | None,
+        seen: torch.Tensor | None,
+        y: torch.Tensor,
+        pos_weight: torch.Tensor,
+        progress: bool,
+    ) -> float:
+        """The features-only MLP: full-batch AdamW steps. The patch CNN: mini-batch epochs with
+        a one-cycle schedule, each batch shifted and flipped. Returns the last loss."""
         from tqdm import tqdm
 
-        xs, ys = [], []
+        cfg = self.fpr
+        if patches is None:
+            opt = torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+            for _ in range(cfg.epochs):
+                opt.zero_grad()
+                loss = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight)
+                loss.backward()
+                opt.step()
+            return loss.item()
+        g = torch.Generator().manual_seed(cfg.seed)
+        batches = [math.ceil(len(y) / cfg.patch_batch)] * cfg.patch_epochs
+        opt = torch.optim.AdamW(model.parameters(), cfg.patch_lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.patch_lr, total_steps=sum(batches))
+        model.train()
+        for _ in tqdm(range(cfg.patch_epochs), desc="voting_fpr patches", disable=not progress):
+            for b in torch.randperm(len(y), generator=g).split(cfg.patch_batch):
+                logits = self._logits(model, x[b], patches[b], seen[b], generator=g)
+                loss = F.binary_cross_entropy_with_logits(logits, y[b], pos_weight=pos_weight)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        return loss.item()
+
+    def _dataset(
+        self, samples: Iterable[MultiViewSample], detector: Any, progress: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """Features, patches (or ``None``), visibility (or ``None``) and labels of the
+        candidates of ``samples``."""
+        from tqdm import tqdm
+
+        rows = []
         for s in tqdm(samples, desc="voting_fpr candidates", disable=not progress):
             with torch.no_grad():
                 c = self.candidates(s, predict_sample(detector, s))
-            xs.append(candidate_features(s.rig, c, self.config.eps, self.fpr.window_px))
-            ys.append(candidate_labels(c, s.boxes3d))
-        if not xs:
-            return torch.zeros(0, len(FEATURES)), torch.zeros(0)
-        return torch.cat(xs), torch.cat(ys)
+                rows.append((*self._inputs(s, c), candidate_labels(c, s.boxes3d)))
+        if not rows:
+            return torch.zeros(0, len(FEATURES)), None, None, torch.zeros(0)
+        cols = list(zip(*rows))
+        x, y = torch.cat(cols[0]), torch.cat(cols[3])
+        if not self.fpr.patch_px:
+            return x, None, None, y
+        return x, torch.cat(cols[1]), torch.cat(cols[2]), y
 
     def save(self, path: str | Path) -> None:
         """Write config + weights atomically."""
@@ -297,7 +381,7 @@ class FPRVotingLifter(VotingLifter):
             raise ValueError(f"{path}: not a {cls.name} lifter (found {doc.get('lifter')!r})")
         cfg = dict(doc["config"])
         cfg["voting"] = VotingConfig(**{**_tuples(cfg["voting"]), **overrides})
-        lifter = cls(FPRConfig(**cfg))
+        lifter = cls(FPRConfig(**cfg))  # a file without patch fields: features only
         lifter.model.load_state_dict(doc["state"])
         lifter.model.eval()
         lifter.fitted = True
