@@ -50,7 +50,9 @@ def candidate_patches(
     """
     V, _, H, W = images.shape
     channels = xray_channels(images.detach().float().cpu())
-    uv, z = project_points(points.float().cpu(), rig.K.float().cpu(), rig.T_cam_from_ct.float().cpu())
+    uv, z = project_points(
+        points.float().cpu(), rig.K.float().cpu(), rig.T_cam_from_ct.float().cpu()
+    )
     seen = visible_mask(uv, z, H, W)  # (V, P)
     P, S = points.shape[0], size_px
     offset = torch.arange(S, dtype=torch.float32) - S / 2 + 0.5
