@@ -12,7 +12,7 @@ its own :meth:`MultiViewDetector.predict_sample`), not from bare images.
 
 The vote ranks some clutter that is moderately consistent across views above faint indications.
 With :func:`rescoring_lifter` (``voting_fpr``: the vote's candidates re-scored by a classifier of
-how their evidence is spread) and :meth:`MultiViewDetector.fit_lifter` on the training cases,
+how their evidence is spread and of the X-ray patches around them) and :meth:`MultiViewDetector.fit_lifter` on the training cases,
 the base detector's own kind of clutter is learned and ranked down.
 """
 

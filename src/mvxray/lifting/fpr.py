@@ -10,7 +10,9 @@ scorer trained on one rig or phantom is not tied to its anatomy (:func:`candidat
 Training (:meth:`FPRVotingLifter.fit`): the 2D detector runs on every training case, the vote's
 candidates are labelled positive when they fall within an indication's radius (the FROC hit
 rule of :mod:`mvxray.benchmarks.metrics3d`), and an MLP is fitted full-batch with a class-balanced
-binary cross-entropy (a few hundred AdamW steps: seconds on a CPU).
+binary cross-entropy (a few hundred AdamW steps: seconds on a CPU). With ``patch_px`` the
+classifier also sees an X-ray patch of every view around each candidate
+(:mod:`mvxray.lifting.patches`) and trains in mini-batch epochs (minutes).
 """
 
 from __future__ import annotations
