@@ -20,6 +20,7 @@ from mvxray.geometry.boxes import (
 from mvxray.geometry.camera import (
     backproject_pixels,
     intrinsics_from_detector,
+    pixels_to_grid,
     points_depth,
     project_points,
     projection_matrix,
@@ -95,6 +96,7 @@ __all__ = [
     "lift_rois",
     "look_at",
     "normalize_to_roi",
+    "pixels_to_grid",
     "points_depth",
     "project_boxes3d",
     "project_point_sets",

@@ -150,6 +150,20 @@ def visible_mask(
     return inside & (depth > min_depth_mm)
 
 
+def pixels_to_grid(uv: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixels → ``torch.nn.functional.grid_sample`` coordinates (``align_corners=False``).
+
+    The one adapter to ``grid_sample``: its −1 / +1 are the image borders, so pixel centres sit
+    at ``(c + 0.5, r + 0.5)``, the geometry core's rule (docs/conventions.md).
+
+    Example:
+        >>> pixels_to_grid(torch.tensor([[0.0, 4.0], [0.5, 2.0]]), 4, 2).tolist()
+        [[-1.0, 1.0], [-0.5, 0.0]]
+    """
+    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=uv.dtype, device=uv.device)
+    return uv * scale - 1
+
+
 def backproject_pixels(
     uv: torch.Tensor, K: torch.Tensor, T_cam_from_ct: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D, predict_sample
-from mvxray.geometry import project_points, visible_mask
+from mvxray.geometry import pixels_to_grid, project_points, visible_mask
 from mvxray.lifting.base import Lifted3D
 from mvxray.lifting.patches import JITTER_PX, PatchScorer, augment, candidate_patches, centre
 from mvxray.lifting.voting import Candidates, VotingConfig, VotingLifter
@@ -121,7 +121,7 @@ def candidate_features(
     H, W = c.maps.shape[-2:]
     uv, z = project_points(c.points.float(), rig.K.float().cpu(), rig.T_cam_from_ct.float().cpu())
     seen = visible_mask(uv, z, H, W)
-    g = torch.stack([2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1], -1)[:, None]
+    g = pixels_to_grid(uv, H, W)[:, None]
     log_e = torch.log(c.maps + eps)[:, None]  # the vote's own evidence scale
     window = F.max_pool2d(log_e, window_px, 1, window_px // 2)
     at = F.grid_sample(log_e, g, align_corners=False)[:, 0, 0]  # (V, P)

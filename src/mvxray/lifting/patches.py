@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvxray.detectors2d.normalize import xray_channels
-from mvxray.geometry import Rig, project_points, visible_mask
+from mvxray.geometry import Rig, pixels_to_grid, project_points, visible_mask
 
 #: Training shifts each patch by up to this many px (the projections' own error); patches are
 #: cut this much larger on every side and centre-cropped for scoring.
@@ -58,7 +58,7 @@ def candidate_patches(
     offset = torch.arange(S, dtype=torch.float32) - S / 2 + 0.5
     gx = (uv[..., 0, None, None] + offset[None, :]).expand(V, P, S, S)
     gy = (uv[..., 1, None, None] + offset[:, None]).expand(V, P, S, S)
-    grid = torch.stack([2 * gx / W - 1, 2 * gy / H - 1], -1).reshape(V, P * S, S, 2)
+    grid = pixels_to_grid(torch.stack([gx, gy], -1), H, W).reshape(V, P * S, S, 2)
     out = F.grid_sample(channels, grid, align_corners=False, padding_mode="zeros")
     return out.reshape(V, 3, P, S, S).permute(2, 0, 1, 3, 4), seen.T
 

@@ -26,7 +26,13 @@ import torch.nn.functional as F
 
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d.base import Detections2D
-from mvxray.geometry import Rig, box3d_from_center_size, project_points, visible_mask
+from mvxray.geometry import (
+    Rig,
+    box3d_from_center_size,
+    pixels_to_grid,
+    project_points,
+    visible_mask,
+)
 from mvxray.geometry._checks import ShapeError
 from mvxray.lifting.association import DetectionTable
 from mvxray.lifting.base import Lifted3D
@@ -157,9 +163,7 @@ def vote_volume(
     for s in range(0, grid.shape[0], cfg.chunk):
         uv, z = project_points(grid[s : s + cfg.chunk], K, T)  # (V, n, 2), (V, n)
         seen = visible_mask(uv, z, H, W)
-        # grid_sample's align_corners=False puts -1 / +1 at the image borders: pixel centres
-        # at +0.5, the same rule as the geometry core (docs/conventions.md).
-        g = torch.stack([2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1], -1)[:, None]
+        g = pixels_to_grid(uv, H, W)[:, None]
         e = F.grid_sample(log_e, g, align_corners=False)[:, 0, 0]  # (V, n)
         n = seen.sum(0)
         mean = torch.where(seen, e, 0).sum(0) / n.clamp(min=1)

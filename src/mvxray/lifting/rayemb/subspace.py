@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mvxray.geometry import pixels_to_grid
 from mvxray.geometry._checks import ShapeError, check_shape
 
 _EPS = 1e-8
@@ -138,7 +139,7 @@ def sample_embeddings(embeddings: torch.Tensor, uv: torch.Tensor) -> torch.Tenso
     """
     _V, _, h, w = embeddings.shape
     check_shape(uv, "uv", (None, 2))
-    grid = torch.stack([2.0 * uv[..., 0] / w - 1.0, 2.0 * uv[..., 1] / h - 1.0], dim=-1)
+    grid = pixels_to_grid(uv, h, w)
     out = F.grid_sample(
         embeddings,
         grid.to(embeddings.dtype).unsqueeze(2),
