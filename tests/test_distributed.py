@@ -13,7 +13,7 @@ import torch
 
 from mvxray.datasets.base import MultiViewSample
 from mvxray.datasets.format import write_case, write_dataset
-from mvxray.distributed import DistInfo, any_process, average_gradients, init_from_env
+from mvxray.distributed import DistInfo, any_process, average_gradients, init_from_env, spawn
 from mvxray.geometry import Rig, project_boxes3d
 
 
@@ -27,6 +27,29 @@ def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     average_gradients([p], info)
     assert p.grad.tolist() == [1.0, 2.0, 3.0]
     assert any_process(True, info) and not any_process(False, info)
+
+
+def _sum_ranks(out: Path, fail_rank: int) -> None:
+    """A spawned process: join the group, all-reduce rank + 1, record what it saw."""
+    info = init_from_env("cpu")
+    if info.rank == fail_rank:
+        raise ValueError(f"rank {info.rank} failed on purpose")
+    total = torch.tensor([info.rank + 1.0])
+    torch.distributed.all_reduce(total)
+    (out / f"rank{info.rank}.json").write_text(
+        json.dumps({"world": info.world_size, "sum": float(total)})
+    )
+
+
+@pytest.mark.slow
+def test_spawn_starts_one_job_of_processes_and_raises_their_errors(tmp_path: Path) -> None:
+    spawn(_sum_ranks, 2, tmp_path, -1)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks == [{"world": 2, "sum": 3.0}] * 2
+    with pytest.raises(Exception, match="rank 1 failed on purpose"):
+        spawn(_sum_ranks, 2, tmp_path / "missing", 1)
+    with pytest.raises(ValueError, match="processes must be >= 1, found 0"):
+        spawn(_sum_ranks, 0, tmp_path, -1)
 
 
 def _blob_dataset(root: Path, cases: int = 2) -> Path:

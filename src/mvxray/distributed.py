@@ -2,11 +2,14 @@
 
 Every training loop (2D detectors, MV2D, RayEmb) calls :func:`init_from_env` once; without
 ``torchrun`` (``WORLD_SIZE`` unset or 1) everything is a no-op and training runs in one process.
+:func:`spawn` starts such a job from Python (what ``torchrun --standalone`` does from the shell).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,3 +153,41 @@ def shutdown(info: DistInfo) -> None:
     """Leave the process group."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def spawn(fn: Callable[..., None], processes: int, *args: Any) -> None:
+    """Run ``fn(*args)`` in ``processes`` local processes that form one training job.
+
+    Each process gets torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``/``MASTER_PORT``), so the training loops join the group through
+    :func:`init_from_env` as they do under ``torchrun --standalone``; the group is left when
+    ``fn`` returns. ``fn`` must be picklable (a module-level function). A process that raises
+    stops the job and the error is raised here.
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, found {processes}")
+    with socket.socket() as s:  # a free port for the rendezvous (the OS picks one)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(
+        _spawned, args=(processes, port, fn, args), nprocs=processes, join=True
+    )
+
+
+def _spawned(
+    rank: int, processes: int, port: int, fn: Callable[..., None], args: tuple[Any, ...]
+) -> None:
+    """One process of :func:`spawn`."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(processes),
+        LOCAL_WORLD_SIZE=str(processes),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    try:
+        fn(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

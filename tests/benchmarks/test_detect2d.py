@@ -39,3 +39,19 @@ def test_detect2d_trains_on_several_datasets_and_scores_an_independent_test_set(
     assert doc["data"] == [str(two_case_dataset)] * 2 and doc["test"] == str(two_case_dataset)
     (row,) = doc["results"]
     assert row["n_images"] == 10 and row["n_gt"] == 20 and row["recall@1fp"] == 1.0
+
+
+@pytest.mark.slow
+def test_detect2d_trains_on_two_processes(
+    two_case_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["--data", str(two_case_dataset), "--detectors", "heatmap", "--minutes", "0.05"]
+    assert main([*argv, "--procs", "2", "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["procs"] == 2
+    (row,) = doc["results"]
+    # Trained by two processes together; the model rank 0 wrote was loaded and scored.
+    fit = json.loads((out / "heatmap" / "fit.json").read_text())
+    assert fit["processes"] == 2.0 and fit["iterations"] >= 1
+    assert row["n_images"] == 5 and row["n_gt"] == 10

@@ -7,6 +7,9 @@ time. Prints a table and, last, one JSON line.
 
 ``--data DIR [DIR ...]`` runs on datasets in mvxray's format instead: the ``train`` splits of all
 train, their ``test`` splits are scored — or every case of ``--test DIR``, an independent set.
+``--procs N`` trains each learned detector data-parallel on N processes (as ``torchrun`` does),
+the ``--threads`` split among them; each process trains on its own batch, so a step sees N times
+as many crops.
 """
 
 from __future__ import annotations
@@ -156,6 +159,46 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _train(
+    name: str, train: list[Any], out: Path, minutes: float, seed: int, progress: bool
+) -> tuple[Any, dict[str, float]]:
+    """Train the benchmark's ``name`` detector on ``train`` within ``minutes``: (detector, fit)."""
+    from mvxray import detectors2d
+
+    det = detectors2d.build(name, **BENCH_DETECTORS[name])
+    fit = det.fit(
+        train,
+        out=out / name,
+        max_minutes=minutes,
+        max_iters=10**9,
+        seed=seed,
+        progress=progress,
+        **BENCH_TRAINING[name],
+    )
+    return det, fit
+
+
+def _train_process(
+    name: str,
+    datasets: list[Path],
+    out: Path,
+    minutes: float,
+    seed: int,
+    progress: bool,
+    threads: int,
+) -> None:
+    """One process of a data-parallel :func:`_train`; rank 0 writes ``fit.json`` by the model."""
+    from mvxray.datasets.torchdata import MultiViewDataset
+    from mvxray.distributed import init_from_env
+    from mvxray.io import atomic_write_text
+
+    torch.set_num_threads(threads)
+    train = [s for d in datasets for s in MultiViewDataset(d, "train")]
+    _, fit = _train(name, train, out, minutes, seed, progress)
+    if init_from_env().is_main:
+        atomic_write_text(out / name / "fit.json", json.dumps(fit))
+
+
 def run(
     detectors: Sequence[str],
     data: Path | Sequence[Path],
@@ -166,6 +209,7 @@ def run(
     multiview: bool = False,
     test: Path | None = None,
     rescore: bool = False,
+    processes: int = 1,
 ) -> list[dict[str, Any]]:
     """Train (within ``minutes`` each) and evaluate ``detectors``; rows of results.
 
@@ -175,8 +219,10 @@ def run(
     (:class:`~mvxray.detectors2d.multiview.MultiViewDetector`); with ``rescore``, a
     ``<name>+multiview+fpr`` row, its vote re-scored by a classifier fitted on the train split
     (:func:`~mvxray.detectors2d.multiview.rescoring_lifter`; ``train_s`` is that fit's time).
+    With ``processes`` > 1 the learned detectors train data-parallel on that many processes
+    (:func:`mvxray.distributed.spawn`), this process's threads split among them.
     """
-    from mvxray import detectors2d
+    from mvxray import detectors2d, distributed
     from mvxray.datasets.torchdata import MultiViewDataset
     from mvxray.detectors2d.multiview import MultiViewDetector, rescoring_lifter
 
@@ -191,17 +237,14 @@ def run(
         t = time.monotonic()
         if name == "demo":
             det, fit = detectors2d.load_demo_detector(), {}
+        elif name in BENCH_TRAINING and processes > 1:
+            threads = max(1, torch.get_num_threads() // processes)
+            args = (name, datasets, out, minutes, seed, progress, threads)
+            distributed.spawn(_train_process, processes, *args)
+            det = detectors2d.load(out / name / "model.pt")
+            fit = json.loads((out / name / "fit.json").read_text())
         elif name in BENCH_TRAINING:
-            det = detectors2d.build(name, **BENCH_DETECTORS[name])
-            fit = det.fit(
-                train_list,
-                out=out / name,
-                max_minutes=minutes,
-                max_iters=10**9,
-                seed=seed,
-                progress=progress,
-                **BENCH_TRAINING[name],
-            )
+            det, fit = _train(name, train_list, out, minutes, seed, progress)
         else:
             det = detectors2d.build(name, **BENCH_DETECTORS.get(name, {}))
             fit = det.fit(train_list)
@@ -266,6 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per detector")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="train each learned detector data-parallel on this many processes (as torchrun), "
+        "--threads split among them",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: in the cache)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -286,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.multiview,
         args.test,
         args.rescore,
+        args.procs,
     )
     print(_table(rows))
     summary = {
@@ -294,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test": str(args.test) if args.test else "test splits",
         "minutes": args.minutes,
         "threads": args.threads,
+        "procs": args.procs,
         "results": [{k: v for k, v in r.items() if k != "fit"} for r in rows],
     }
     print(json.dumps(summary))

@@ -229,8 +229,9 @@ def fit_detector(
         resume: continue from ``out/last.pt`` if it exists.
 
     Returns:
-        ``{"loss_initial", "loss_final", "iterations", "seconds"}``: the loss on a fixed probe
-        batch (same crops, same RNG) before and after training, steps done, wall time.
+        ``{"loss_initial", "loss_final", "iterations", "seconds", "processes"}``: the loss on a
+        fixed probe batch (same crops, same RNG) before and after training, steps done, wall
+        time, and the number of processes that trained together (each on its own batch).
     """
     cfg = config or TrainConfig()
     # Under torchrun every process draws the same global batches and trains on its share of
@@ -390,4 +391,5 @@ def fit_detector(
         "loss_final": loss_final,
         "iterations": float(it),
         "seconds": seconds,
+        "processes": float(info.world_size),
     }
