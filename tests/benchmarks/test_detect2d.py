@@ -55,3 +55,11 @@ def test_detect2d_trains_on_two_processes(
     fit = json.loads((out / "heatmap" / "fit.json").read_text())
     assert fit["processes"] == 2.0 and fit["iterations"] >= 1
     assert row["n_images"] == 5 and row["n_gt"] == 10
+
+
+def test_detect2d_rejects_zero_processes(
+    two_case_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--data", str(two_case_dataset), "--detectors", "oracle", "--procs", "0"])
+    assert "--procs must be >= 1, found 0" in capsys.readouterr().err

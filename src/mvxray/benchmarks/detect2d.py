@@ -320,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.procs < 1:
+        parser.error(f"--procs must be >= 1, found {args.procs}")
 
     from mvxray.paths import cache_dir
 
