@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -31,9 +32,10 @@ def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _sum_ranks(out: Path, fail_rank: int) -> None:
     """A spawned process: join the group, all-reduce rank + 1, record what it saw."""
+    rank = int(os.environ["RANK"])
+    if rank == fail_rank:  # before joining: the others wait there until spawn stops them
+        raise ValueError(f"rank {rank} failed on purpose")
     info = init_from_env("cpu")
-    if info.rank == fail_rank:
-        raise ValueError(f"rank {info.rank} failed on purpose")
     total = torch.tensor([info.rank + 1.0])
     torch.distributed.all_reduce(total)
     (out / f"rank{info.rank}.json").write_text(
