@@ -203,3 +203,32 @@ def test_detect_rescore_fits_saves_and_reloads_the_rescorer(two_case_dataset, tm
         main([*argv, "--multiview", "--rescore", str(tmp_path), "--out", str(tmp_path / "y")]) == 1
     )
     assert "no dataset.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_2d_trains_on_two_processes(tiny_dataset, tmp_path):
+    out = tmp_path / "m"
+    argv = ["train-2d", "--data", str(tiny_dataset), "--detector", "heatmap", "--out", str(out)]
+    argv += ["--option", "widths=[8,16]", "--crop", "32", "--batch", "2", "--iters", "3"]
+    assert main([*argv, "--procs", "2", "--threads", "2", "--no-progress"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["fit"]["processes"] == 2.0 and report["fit"]["iterations"] == 3.0
+    assert (out / "model.pt").is_file()
+
+
+def test_train_2d_rejects_procs_for_a_training_free_detector(tiny_dataset, tmp_path, capsys):
+    argv = [
+        "train-2d",
+        "--data",
+        str(tiny_dataset),
+        "--detector",
+        "log_blob",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*argv, "--procs", "2"]) == 1
+    assert "--procs: only faster_rcnn, heatmap, yolo train on several processes" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv[:3], "--detector", "heatmap", "--out", str(tmp_path), "--procs", "0"]) == 1
+    assert "--procs: expected >= 1, found 0" in capsys.readouterr().err

@@ -80,6 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="train data-parallel on this many local processes (as torchrun --nproc-per-node; "
+        "--threads split among them; each process trains on its own --batch)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -94,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
     from mvxray.datasets.torchdata import MultiViewDataset
     from mvxray.io import atomic_write_text
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.detector not in detectors2d.DETECTORS:
         raise ValueError(
             f"--detector: unknown {args.detector!r}; available: {sorted(detectors2d.DETECTORS)}"
         )
+    if args.procs != 1:
+        return _spawn(args, sorted(BENCH_TRAINING))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     index = read_dataset(args.data)
     train = list(MultiViewDataset(args.data, args.train_split))
     if not train:
@@ -147,4 +156,23 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(report))
     print(f"model: {args.out / 'model.pt'}")
     shutdown(info)
+    return 0
+
+
+def _spawn(args: argparse.Namespace, trainable: list[str]) -> int:
+    """``run`` on ``args.procs`` processes (:func:`mvxray.distributed.spawn`); rank 0 writes."""
+    import os
+
+    import torch
+
+    from mvxray.distributed import spawn
+
+    if args.procs < 1:
+        raise ValueError(f"--procs: expected >= 1, found {args.procs}")
+    if args.detector not in trainable:
+        raise ValueError(f"--procs: only {', '.join(trainable)} train on several processes")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--procs: already running under torchrun; use one or the other")
+    threads = max(1, (args.threads or torch.get_num_threads()) // args.procs)
+    spawn(run, args.procs, argparse.Namespace(**{**vars(args), "procs": 1, "threads": threads}))
     return 0
