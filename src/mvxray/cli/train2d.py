@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             f"--detector: unknown {args.detector!r}; available: {sorted(detectors2d.DETECTORS)}"
         )
     if args.procs != 1:
-        return _spawn(args, sorted(BENCH_TRAINING))
+        return _spawn(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     index = read_dataset(args.data)
@@ -159,13 +159,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spawn(args: argparse.Namespace, trainable: list[str]) -> int:
+def _spawn(args: argparse.Namespace) -> int:
     """``run`` on ``args.procs`` processes (:func:`mvxray.distributed.spawn`); rank 0 writes."""
     import os
 
     import torch
 
+    from mvxray.benchmarks.detect2d import BENCH_TRAINING
     from mvxray.distributed import spawn
+
+    trainable = sorted(BENCH_TRAINING)
 
     if args.procs < 1:
         raise ValueError(f"--procs: expected >= 1, found {args.procs}")
