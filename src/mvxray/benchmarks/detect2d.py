@@ -15,6 +15,7 @@ as many crops.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -227,7 +228,12 @@ def run(
     from mvxray.detectors2d.multiview import MultiViewDetector, rescoring_lifter
 
     datasets = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
-    train_list = [s for d in datasets for s in MultiViewDataset(d, "train")]
+
+    # Loaded on first use: a data-parallel run's processes load their own copy.
+    @functools.cache
+    def train_list() -> list[Any]:
+        return [s for d in datasets for s in MultiViewDataset(d, "train")]
+
     tests = (
         [MultiViewDataset(test, "all")] if test else [MultiViewDataset(d, "test") for d in datasets]
     )
@@ -244,10 +250,10 @@ def run(
             det = detectors2d.load(out / name / "model.pt")
             fit = json.loads((out / name / "fit.json").read_text())
         elif name in BENCH_TRAINING:
-            det, fit = _train(name, train_list, out, minutes, seed, progress)
+            det, fit = _train(name, train_list(), out, minutes, seed, progress)
         else:
             det = detectors2d.build(name, **BENCH_DETECTORS.get(name, {}))
-            fit = det.fit(train_list)
+            fit = det.fit(train_list())
             det.save(out / name / "model.pt")
         variants = [(name, det, fit, time.monotonic() - t)]
         if multiview:
@@ -255,7 +261,7 @@ def run(
         if rescore:
             t = time.monotonic()
             mv = MultiViewDetector(det, rescoring_lifter())
-            fit = mv.fit_lifter(train_list, progress=progress)
+            fit = mv.fit_lifter(train_list(), progress=progress)
             variants.append((f"{name}+multiview+fpr", mv, fit, time.monotonic() - t))
         for label, variant, fit, train_s in variants:
             metrics, infer_s = evaluate_detector(variant, test_list)
