@@ -165,11 +165,11 @@ def _spawn(args: argparse.Namespace) -> int:
 
     import torch
 
-    from mvxray.benchmarks.detect2d import BENCH_TRAINING
+    from mvxray import detectors2d
     from mvxray.distributed import spawn
 
-    trainable = sorted(BENCH_TRAINING)
-
+    # the detectors `run` trains in the shared loop (the same test, on the class)
+    trainable = sorted(n for n, c in detectors2d.DETECTORS.items() if hasattr(c, "training_loss"))
     if args.procs < 1:
         raise ValueError(f"--procs: expected >= 1, found {args.procs}")
     if args.detector not in trainable:
