@@ -184,6 +184,25 @@ def centernet_focal_loss(logits: torch.Tensor, heat: torch.Tensor) -> torch.Tens
     return torch.where(pos, pos_loss, neg_loss).sum()
 
 
+def heat_loss(
+    logits: torch.Tensor, boxes: list[torch.Tensor], sigma_frac: float, min_sigma_px: float
+) -> torch.Tensor:
+    """:func:`centernet_focal_loss` of ``(B, 1, H, W)`` heat logits against the targets of each
+    image's ``(N_b, 4)`` px boxes (:func:`heatmap_targets`), per indication centre.
+
+    Example:
+        >>> boxes = [torch.tensor([[2.0, 2, 6, 6]])]
+        >>> hit, miss = torch.full((1, 1, 8, 8), -6.0), torch.full((1, 1, 8, 8), -6.0)
+        >>> hit[0, 0, 4, 4] = 6.0
+        >>> bool(heat_loss(hit, boxes, 1 / 6, 0.75) < heat_loss(miss, boxes, 1 / 6, 0.75))
+        True
+    """
+    H, W = logits.shape[-2:]
+    targets = [heatmap_targets(b, H, W, sigma_frac, min_sigma_px) for b in boxes]
+    heat = torch.stack([t[0] for t in targets])[:, None].to(logits.device)
+    return centernet_focal_loss(logits, heat) / max(sum(len(t[1]) for t in targets), 1)
+
+
 class HeatmapDetector(TorchDetectorMixin):
     """CenterNet-style heatmap detector on ``(V, 1, H, W)`` X-ray views (any intensity scale).
 

@@ -20,6 +20,7 @@ This module is the one adapter for ultralytics' conventions:
 from __future__ import annotations
 
 import json
+import math
 import os
 import types
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
+from mvxray.detectors2d.heatmap import heat_loss
 from mvxray.detectors2d.normalize import (
     TorchDetectorMixin,
     check_input_resize,
@@ -69,6 +71,11 @@ class YoloConfig:
         box_gain: box-loss weight (ultralytics' ``box``).
         cls_gain: classification-loss weight (``cls``).
         dfl_gain: distribution-focal-loss weight (``dfl``).
+        aux_heat_weight: weight of an auxiliary training loss (0: off). A small head on the
+            features the finest output level sees predicts the ``heatmap`` detector's per-pixel
+            centre heatmap, upsampled to the input's pixels, under its focal loss: every
+            indication supervises its own pixels, not only the few anchor points the assigner
+            picks. Predictions do not use the head.
         bg_sigma_frac: input background-subtraction σ / image height.
         object_px_mm: the training views' mm per pixel at the object, and ``filter_height``
             their height, px: recorded by training, used by
@@ -88,6 +95,7 @@ class YoloConfig:
     box_gain: float = 7.5
     cls_gain: float = 0.5
     dfl_gain: float = 1.5
+    aux_heat_weight: float = 0.0
     bg_sigma_frac: float = 1 / 32
     batch_size: int = 8
     object_px_mm: float | None = None
@@ -102,6 +110,10 @@ class YoloConfig:
         if self.input_size is not None and self.input_size % 32:
             raise ValueError(
                 f"YoloConfig.input_size: expected a multiple of 32, found {self.input_size}"
+            )
+        if self.aux_heat_weight < 0:
+            raise ValueError(
+                f"YoloConfig.aux_heat_weight: expected >= 0, found {self.aux_heat_weight}"
             )
         check_input_resize(self)
 
@@ -145,6 +157,10 @@ def build_model(cfg: YoloConfig, yaml: dict[str, Any] | None = None) -> nn.Modul
         yaml if yaml is not None else cfg.model, ch=3, nc=cfg.num_classes, verbose=False
     )
     model.args = types.SimpleNamespace(box=cfg.box_gain, cls=cfg.cls_gain, dfl=cfg.dfl_gain)
+    if cfg.aux_heat_weight > 0:
+        c = model.model[-1].cv2[0][0].conv.in_channels  # the finest level's input channels
+        model.aux_head = nn.Sequential(nn.Conv2d(c, 64, 3, 1, 1), nn.ReLU(), nn.Conv2d(64, 1, 1))
+        nn.init.constant_(model.aux_head[-1].bias, -math.log((1 - 0.01) / 0.01))  # prior 0.01
     return model
 
 
@@ -169,6 +185,10 @@ class YoloDetector(TorchDetectorMixin):
         self.config = config_from_dict(YoloConfig, overrides) if config is None else config
         self.model = build_model(self.config, _yaml)
         self.model.eval()
+        self._finest: torch.Tensor | None = None
+        if self.config.aux_heat_weight > 0:  # keep the finest level's input for the aux loss
+            finest = self.model.model[self.model.model[-1].f[0]]
+            finest.register_forward_hook(lambda m, i, o: setattr(self, "_finest", o))
 
     @staticmethod
     def _pad(x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +204,14 @@ class YoloDetector(TorchDetectorMixin):
         batch = {k: v.to(x.device) for k, v in batch.items()}
         batch["img"] = x
         loss, _ = self.model.loss(batch)
-        return loss.sum()
+        if self.config.aux_heat_weight == 0:
+            return loss.sum()
+        logits = F.interpolate(
+            self.model.aux_head(self._finest), x.shape[-2:], mode="bilinear", align_corners=False
+        )
+        aux = heat_loss(logits.float(), boxes, sigma_frac=1 / 6, min_sigma_px=0.75)
+        # ultralytics' loss is a sum over the batch: scale the per-image aux loss the same way
+        return loss.sum() + self.config.aux_heat_weight * len(x) * aux
 
     def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """ultralytics' NMS on the padded input → boxes (px of ``x``), confidences, classes."""
