@@ -34,6 +34,7 @@ def test_aux_heat_loss_adds_the_weighted_heatmap_loss_and_trains_its_head(tmp_pa
     view = torch.rand(1, 1, 64, 64)
     a, b = det.predict(view)[0], again.predict(view)[0]
     assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
+    assert det._finest is None  # inference keeps no feature map for the head
     assert again.config.aux_heat_weight == 2.0 and hasattr(again.model, "aux_head")
 
 

@@ -188,7 +188,9 @@ class YoloDetector(TorchDetectorMixin):
         self._finest: torch.Tensor | None = None
         if self.config.aux_heat_weight > 0:  # keep the finest level's input for the aux loss
             finest = self.model.model[self.model.model[-1].f[0]]
-            finest.register_forward_hook(lambda m, i, o: setattr(self, "_finest", o))
+            finest.register_forward_hook(
+                lambda m, i, o: setattr(self, "_finest", o if m.training else None)
+            )
 
     @staticmethod
     def _pad(x: torch.Tensor) -> torch.Tensor:
