@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvxray.detectors2d.checkpoint import config_from_dict, read_checkpoint, save_checkpoint
-from mvxray.detectors2d.heatmap import heat_loss
+from mvxray.detectors2d.heatmap import HeatmapConfig, heat_loss
 from mvxray.detectors2d.normalize import (
     TorchDetectorMixin,
     check_input_resize,
@@ -211,7 +211,8 @@ class YoloDetector(TorchDetectorMixin):
         logits = F.interpolate(
             self.model.aux_head(self._finest), x.shape[-2:], mode="bilinear", align_corners=False
         )
-        aux = heat_loss(logits.float(), boxes, sigma_frac=1 / 6, min_sigma_px=0.75)
+        # the heatmap detector's own targets (its default Gaussian widths)
+        aux = heat_loss(logits.float(), boxes, HeatmapConfig.sigma_frac, HeatmapConfig.min_sigma_px)
         # ultralytics' loss is a sum over the batch: scale the per-image aux loss the same way
         return loss.sum() + self.config.aux_heat_weight * len(x) * aux
 
