@@ -19,7 +19,8 @@ class Detections2D:
         scores: ``(N,)`` confidence in [0, 1].
         labels: ``(N,)`` int64 class labels.
         heatmap: optional ``(H, W)`` dense evidence in [0, 1] that an indication is centred at
-            each pixel (the ``heatmap`` detector's output; the ``voting`` lifter uses it).
+            each pixel (the ``heatmap`` detector's output, ``yolo``'s aux head's; the ``voting``
+            lifter uses it).
     """
 
     boxes: torch.Tensor

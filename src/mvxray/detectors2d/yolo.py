@@ -75,7 +75,9 @@ class YoloConfig:
             features the finest output level sees predicts the ``heatmap`` detector's per-pixel
             centre heatmap, upsampled to the input's pixels, under its focal loss: every
             indication supervises its own pixels, not only the few anchor points the assigner
-            picks. Predictions do not use the head.
+            picks. The boxes and scores do not use the head; its centre probabilities come
+            with them as each view's dense heatmap (``Detections2D.heatmap``), which the
+            ``voting`` lifter and ``--multiview`` take as evidence instead of splatted boxes.
         bg_sigma_frac: input background-subtraction σ / image height.
         object_px_mm: the training views' mm per pixel at the object, and ``filter_height``
             their height, px: recorded by training, used by
@@ -185,18 +187,26 @@ class YoloDetector(TorchDetectorMixin):
         self.config = config_from_dict(YoloConfig, overrides) if config is None else config
         self.model = build_model(self.config, _yaml)
         self.model.eval()
-        self._finest: torch.Tensor | None = None
-        if self.config.aux_heat_weight > 0:  # keep the finest level's input for the aux loss
+        # the finest level's input feeds the aux head; a dict, so that shallow copies (see
+        # MultiViewDetector) read what the shared network's hook writes
+        self._features: dict[str, torch.Tensor] = {}
+        if self.config.aux_heat_weight > 0:
             finest = self.model.model[self.model.model[-1].f[0]]
-            finest.register_forward_hook(
-                lambda m, i, o: setattr(self, "_finest", o if m.training else None)
-            )
+            finest.register_forward_hook(lambda m, i, o: self._features.__setitem__("finest", o))
 
     @staticmethod
     def _pad(x: torch.Tensor) -> torch.Tensor:
         """Zero-pad bottom / right to multiples of 32 (YOLO's largest stride)."""
         h, w = x.shape[-2:]
         return F.pad(x, (0, -w % 32, 0, -h % 32))
+
+    def _aux_logits(self, size: tuple[int, int]) -> torch.Tensor:
+        """The aux head's centre logits ``(B, 1, *size)`` from the last forward pass's finest
+        features, upsampled to the (padded) input's pixels; the features are released."""
+        finest = self._features.pop("finest")
+        return F.interpolate(
+            self.model.aux_head(finest), size, mode="bilinear", align_corners=False
+        )
 
     def training_loss(self, x: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """ultralytics' detection loss (box + cls + dfl, × batch size) for :meth:`prepare`-d
@@ -208,25 +218,30 @@ class YoloDetector(TorchDetectorMixin):
         loss, _ = self.model.loss(batch)
         if self.config.aux_heat_weight == 0:
             return loss.sum()
-        logits = F.interpolate(
-            self.model.aux_head(self._finest), x.shape[-2:], mode="bilinear", align_corners=False
-        )
+        logits = self._aux_logits(x.shape[-2:])
         # the heatmap detector's own targets (its default Gaussian widths)
         aux = heat_loss(logits.float(), boxes, HeatmapConfig.sigma_frac, HeatmapConfig.min_sigma_px)
         # ultralytics' loss is a sum over the batch: scale the per-image aux loss the same way
         return loss.sum() + self.config.aux_heat_weight * len(x) * aux
 
-    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """ultralytics' NMS on the padded input → boxes (px of ``x``), confidences, classes."""
+    def _detect(self, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """ultralytics' NMS on the padded input → boxes (px of ``x``), confidences, classes,
+        and with the aux head its dense centre heatmap (px of ``x``)."""
         from ultralytics.utils.nms import non_max_suppression
 
         c = self.config
-        preds = self.model(self._pad(x))
+        padded = self._pad(x)
+        preds = self.model(padded)
         preds = preds[0] if isinstance(preds, (tuple, list)) else preds
         nms = non_max_suppression(
             preds, conf_thres=c.score_thresh, iou_thres=c.nms_iou, max_det=c.detections_per_img
         )
-        return [(r[:, :4], r[:, 4], r[:, 5]) for r in nms]
+        out = [(r[:, :4], r[:, 4], r[:, 5]) for r in nms]
+        if c.aux_heat_weight == 0:
+            return out
+        h, w = x.shape[-2:]
+        heat = torch.sigmoid(self._aux_logits(padded.shape[-2:]).float())[:, 0, :h, :w]
+        return [(*r, heat[i]) for i, r in enumerate(out)]
 
     def save(self, path: str | Path) -> None:
         """Write config, model yaml and weights to one file, atomically."""

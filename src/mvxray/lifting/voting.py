@@ -1,15 +1,15 @@
 """``voting``: lift by back-projecting every view's detection evidence into one 3D vote volume.
 
-Per view, an evidence map ``e_v(u, v)`` in [0, 1]: the detector's dense centre heatmap where
-it gives one (:attr:`Detections2D.heatmap`, the ``heatmap`` detector), else its boxes splatted
-as Gaussians (σ ∝ box size) scaled by their scores, so every detector works. Each voxel ``x``
-of a grid over the region of interest scores the geometric mean of ``e_v(π_v(x)) + ε`` over the
-views that see it — a naive-Bayes vote: an indication seen moderately in every view beats
-clutter (a rib crossing, a vessel end) that is strong in one view only, and no view has to
-reach a detection threshold. The vote's 3D local maxima, refined below the voxel, are the
-indications' centres; each is sized from the detections that support it in each view (their
-median back-projected size, or with ``fit_box`` the extent of the 3D box whose projections match
-them, :func:`mvxray.lifting.boxfit.fit_box3d`).
+Per view, an evidence map ``e_v(u, v)`` in [0, 1]: the detector's dense centre heatmap where it
+gives one (:attr:`Detections2D.heatmap`: the ``heatmap`` detector; ``yolo`` with its aux head),
+else its boxes splatted as Gaussians (σ ∝ box size) scaled by their scores, so every detector
+works. Each voxel ``x`` of a grid over the region of interest scores the geometric mean of
+``e_v(π_v(x)) + ε`` over the views that see it — a naive-Bayes vote: an indication seen
+moderately in every view beats clutter (a rib crossing, a vessel end) that is strong in one
+view only, and no view has to reach a detection threshold. The vote's 3D local maxima, refined
+below the voxel, are the indications' centres; each is sized from the detections that support
+it in each view (their median back-projected size, or with ``fit_box`` the extent of the 3D box
+whose projections match them, :func:`mvxray.lifting.boxfit.fit_box3d`).
 
 Written by hand: voxel voting (as in VoxelPose) lives inside framework-bound pose code; here it
 is a few lines on the geometry core's projection and ``grid_sample``.
