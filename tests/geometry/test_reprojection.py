@@ -184,8 +184,6 @@ def test_frustum_overlap_of_a_correspondence(rig: Rig, seed: int) -> None:
     uv, z, _ = rig.project(X)
     box_a = torch.cat([uv[0] - 3, uv[0] + 3], -1)  # (1, 4)
     box_b = torch.cat([uv[1] - 3, uv[1] + 3], -1)
-    far_b = box_b + torch.tensor([5000.0, 0, 5000.0, 0], dtype=F64)
-    boxes_b = torch.cat([box_b, far_b])
     args = (
         rig.K[0],
         rig.T_cam_from_ct[0],
@@ -194,6 +192,10 @@ def test_frustum_overlap_of_a_correspondence(rig: Rig, seed: int) -> None:
         0.5 * float(z[0, 0]),
         1.5 * float(z[0, 0]),
     )
+    # a box just right of the frustum's extent in b (thousands of px wide at long focal lengths)
+    x1 = float(frustum_boxes(box_a, *args)[0][0, 2]) + 1.0
+    far_b = torch.tensor([[x1, box_b[0, 1], x1 + 6.0, box_b[0, 3]]], dtype=F64)
+    boxes_b = torch.cat([box_b, far_b])
     iob = frustum_overlap(box_a, boxes_b, *args)
     iou = frustum_overlap(box_a, boxes_b, *args, metric="iou")
     assert iob.shape == (1, 2)

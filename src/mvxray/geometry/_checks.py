@@ -89,7 +89,7 @@ def check_rigid(T: torch.Tensor, name: str, atol: float = 1e-4) -> None:
     last = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=T.dtype, device=T.device)
     if not torch.allclose(T[..., 3, :], last.expand_as(T[..., 3, :]), atol=1e-6):
         raise ValueError(f"{name}: the last row of a rigid transform must be (0, 0, 0, 1)")
-    R = T[..., :3, :3]
+    R = T.detach()[..., :3, :3]  # a check, not part of the graph
     eye = torch.eye(3, dtype=T.dtype, device=T.device)
     ortho = (R @ R.transpose(-1, -2) - eye).abs().amax() if R.numel() else torch.tensor(0.0)
     if float(ortho) > atol or bool((torch.linalg.det(R) < 0).any()):
