@@ -123,8 +123,8 @@ def intensity_register(
         T = pivot_motion(T0, p * steps)
         drr = render_views(volume, Rig(Ks, T[None], s, s, pm), cfg.backend, n_samples=cfg.n_samples)
         ncc = _ncc(normalize_images(drr), target)
-        if ncc.item() > best:
-            best, best_T = ncc.item(), T.detach().clone()
+        if (value := ncc.item()) > best:
+            best, best_T = value, T.detach().clone()
         (-ncc).backward()
         opt.step()
         sched.step()
