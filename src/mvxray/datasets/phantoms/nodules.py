@@ -27,11 +27,13 @@ def lung_mask_from_hu(
 ) -> torch.Tensor:
     """Lungs of any chest CT by HU: large air-like components inside the body, holes filled.
 
-    Air-like voxels (< ``threshold_hu``) are split into connected components; those touching a
-    side face of the volume (outside air) are dropped — the faces across the patient's long
-    axis (the array axis closest to CT Z) are allowed, since a scan may cut the lungs. Kept:
-    components of at least ``min_ml`` and ``min_share`` of the largest (drops bowel gas).
-    Vessels are included by filling 2D holes in each axial slice.
+    Air-like voxels (< ``threshold_hu``) connected, within their axial slice (across the
+    patient's long axis, the array axis closest to CT Z), to a side face of the volume are
+    outside air and dropped. Judged slice by slice, because in 3D the lungs and trachea of a
+    scan that cuts them, or of a volume shifted next to padding air, join the outside through
+    the end faces. The rest is split into 3D components; kept: those of at least ``min_ml``
+    and ``min_share`` of the largest (drops bowel gas). Vessels are included by filling 2D
+    holes in each axial slice.
 
     Args:
         volume: HU volume.
@@ -47,12 +49,15 @@ def lung_mask_from_hu(
     D = volume.T_ct_from_voxel[:3, :3] / volume.spacing_mm
     long_axis = int(D[2].abs().argmax())
     low = (volume.data < threshold_hu).cpu().numpy()
-    comp, n = ndimage.label(low)
-    faces = [np.take(comp, [0, -1], axis=a).ravel() for a in range(3) if a != long_axis]
+    in_slice = ndimage.generate_binary_structure(3, 1)
+    in_slice[tuple(0 if a == long_axis else slice(None) for a in range(3))] = False
+    in_slice[tuple(2 if a == long_axis else slice(None) for a in range(3))] = False
+    flat, _ = ndimage.label(low, structure=in_slice)  # 2D components, every slice at once
+    faces = [np.take(flat, [0, -1], axis=a).ravel() for a in range(3) if a != long_axis]
     border = np.unique(np.concatenate(faces))
+    comp, n = ndimage.label(low & ~np.isin(flat, border[border > 0]))
     sizes = np.bincount(comp.ravel(), minlength=n + 1) * float(volume.spacing_mm.prod()) / 1000.0
     sizes[0] = 0.0
-    sizes[border] = 0.0
     keep = (sizes >= min_ml) & (sizes >= min_share * sizes.max())
     mask = keep[comp]
     for k in range(mask.shape[long_axis]):  # fill vessels slice by slice (2D holes)
