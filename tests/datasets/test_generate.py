@@ -109,12 +109,34 @@ def test_user_ct_as_host(tmp_path: Path, monkeypatch) -> None:
         seen["host"] = volume
         return make_casting_case(seed, voxel_mm=2.5)
 
-    monkeypatch.setattr(gen, "_host", lambda path: host)
+    monkeypatch.setattr(gen, "_host", lambda path, voxel_mm: seen.update(voxel=voxel_mm) or host)
     monkeypatch.setattr("mvxray.datasets.phantoms.insert_nodules", fake_insert)
     generate(_config(tmp_path / "ds", phantom=str(ct), cases=1), progress=False)
-    assert seen["host"] is host
+    assert seen["host"] is host and seen["voxel"] == 2.5
     prov = read_case(tmp_path / "ds" / "case_00000").meta["provenance"]
     assert prov["host"] == str(ct)
+
+
+def test_user_ct_host_padding_is_air_and_voxel_resamples(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    data = np.full((20, 20, 8), -2048.0, np.float32)  # the scanner's padding around a body
+    data[4:16, 4:16] = 40.0
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.75, 0.75, 2.5, 1.0])), path)
+    gen._host.cache_clear()
+    native = gen._host(str(path))
+    assert tuple(native.data.shape) == (20, 20, 8)
+    assert native.spacing_mm.tolist() == [0.75, 0.75, 2.5]
+    assert sorted(native.data.unique().tolist()) == [-1024.0, 40.0]
+    coarse = gen._host(str(path), 1.5)
+    gen._host.cache_clear()
+    assert tuple(coarse.data.shape) == (10, 10, 13)
+    assert coarse.spacing_mm.tolist() == pytest.approx([1.5, 1.5, 1.5])
+    assert coarse.data.min().item() >= -1024.0 - 1e-3  # no padding smeared below air
+    assert coarse.data[5, 5, 6].item() == pytest.approx(40.0, abs=1.0)
+    with pytest.raises(ValueError, match="voxel_mm"):
+        GenerateConfig(out=tmp_path, voxel_mm=0.0)
 
 
 @pytest.mark.slow

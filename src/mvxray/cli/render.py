@@ -57,7 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="nanodrr",
         help="renderer",
     )
-    p.add_argument("--voxel-mm", type=float, default=None, help="phantom voxel size, mm")
+    p.add_argument(
+        "--voxel-mm",
+        type=float,
+        default=None,
+        help="phantom voxel size, mm; a CT of your own is resampled to it (default: its own grid)",
+    )
     p.add_argument("--samples", type=int, default=None, help="samples per ray (nanodrr)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--no-preview", action="store_true", help="skip the 16-bit PNG previews")

@@ -62,7 +62,11 @@ class GenerateConfig:
         shard: ``(i, n)``: render only indices with ``index % n == i``.
         backend: renderer (:data:`mvxray.datasets.render.BACKENDS`).
         n_samples: samples per ray (nanodrr); default from the volume.
-        voxel_mm: phantom voxel size, mm (None: the phantom's default).
+        voxel_mm: phantom voxel size, mm (None: the phantom's default; for a CT of your own,
+            its own grid). A CT of your own is then resampled to it (isotropic, anti-aliased)
+            before nodules are inserted: the shipped detector saw chest CTs on a 1.5 mm grid only
+            and finds far fewer nodules in renders of a finer one (docs/detectors.md, "A CT of
+            your own").
         fractions: train / val / test fractions of the cases.
         preview: write 16-bit PNG previews.
         device: render device (``"cpu"``, ``"cuda"``).
@@ -104,6 +108,8 @@ class GenerateConfig:
         i, n = self.shard
         if n < 1 or not 0 <= i < n:
             raise ValueError(f"shard: expected i/n with 0 <= i < n, found {i}/{n}")
+        if self.voxel_mm is not None and self.voxel_mm <= 0:
+            raise ValueError(f"voxel_mm: expected > 0 mm, found {self.voxel_mm}")
         if self.workers < 1:
             raise ValueError(f"workers: expected >= 1, found {self.workers}")
         if self.size < 8:
@@ -145,10 +151,13 @@ def make_rig(config: GenerateConfig) -> Rig:
 
 
 @functools.lru_cache(maxsize=1)
-def _host(path: str):
-    from mvxray.datasets.ct import load_ct
+def _host(path: str, voxel_mm: float | None = None):
+    """A user's CT as a host: HU below air (scanner padding) clamped to air, optionally resampled."""
+    from mvxray.datasets.ct import AIR_HU, load_ct, resample
 
-    return load_ct(path)
+    volume = load_ct(path)
+    volume.data.clamp_(min=AIR_HU)  # e.g. -2048 outside the reconstruction circle
+    return volume if voxel_mm is None else resample(volume, voxel_mm)
 
 
 def make_phantom(config: GenerateConfig, seed: int):
@@ -166,7 +175,7 @@ def make_phantom(config: GenerateConfig, seed: int):
             f"phantom: {config.phantom!r} is neither one of {sorted(PHANTOMS)} nor an existing "
             f"CT file or DICOM folder"
         )
-    case = insert_nodules(_host(str(path)), seed, **kw)
+    case = insert_nodules(_host(str(path), config.voxel_mm), seed, **kw)
     case.meta = {**case.meta, "phantom": "ct", "host": str(path), "seed": seed}
     return case
 
