@@ -116,6 +116,32 @@ def _edit(case: Path, fn) -> None:
     (case / CASE_FILE).write_text(json.dumps(doc))
 
 
+def test_transmission_counts_are_read_as_line_integrals(tmp_path: Path) -> None:
+    s = make_sample()
+    case = write_case(tmp_path / "c0", s)
+    for v in range(3):  # 12-bit raw counts of the same views: dark where the object attenuates
+        counts = 4000.0 * np.exp(-s.images[v, 0].double().numpy())
+        np.save(case / f"view_{v:02d}.npy", counts.astype(np.float32))
+    _edit(case, lambda d: d.update(intensity="transmission", i0=4000.0))
+    torch.testing.assert_close(read_case(case).images, s.images, atol=1e-5, rtol=0)
+    # Without i0, each view's brightest pixel is taken as the unattenuated beam (→ 0).
+    _edit(case, lambda d: d.pop("i0"))
+    got = read_case(case).images
+    shift = s.images.amin(dim=(-2, -1), keepdim=True)
+    torch.testing.assert_close(got, s.images - shift, atol=1e-5, rtol=0)
+    for bad, match in [
+        ({"intensity": "counts"}, r"case.json: key 'intensity' is 'counts', expected one of"),
+        ({"intensity": "transmission", "i0": 0.0}, r"case.json: .*i0 must be > 0"),
+    ]:
+        _edit(case, lambda d, bad=bad: d.update(bad))
+        with pytest.raises(DatasetFormatError, match=match):
+            read_case(case)
+    np.save(case / "view_01.npy", -np.ones((20, 24), np.float32))
+    _edit(case, lambda d: d.pop("i0"))
+    with pytest.raises(DatasetFormatError, match=r"expected counts >= 0.*already log-converted"):
+        read_case(case)
+
+
 def test_missing_image_file_is_named(tmp_path: Path) -> None:
     case = _write(tmp_path)
     (case / "view_01.npy").unlink()

@@ -79,6 +79,9 @@ def test_register_input_errors(tmp_path, tiny_volume, capsys):
     ]
     assert main([*args2, "--geometry", str(geo)]) == 1
     assert "expected an image of shape (32, 32)" in capsys.readouterr().err
+    np.save(xray, -np.load(xray))  # what a line integral minus its maximum could look like
+    assert main([*args, "--geometry", str(geo), "--transmission"]) == 1
+    assert "expected counts >= 0" in capsys.readouterr().err
     assert (
         main(
             [

@@ -5,7 +5,8 @@ Inputs:
 * ``--ct``: a NIfTI CT in HU (``.nii`` / ``.nii.gz``), or ``phantom:chest[:SEED]`` for the
   embedded chest phantom.
 * ``--xray``: an ``.npy`` image ``(H, W)`` or ``(1, H, W)``, dense = bright (a line integral;
-  any scale — images are normalized per image).
+  any scale — images are normalized per image); raw detector counts (dense = dark) with
+  ``--transmission``, converted to ``-log(I / max I)``.
 * ``--geometry``: a JSON object with ``K`` (3×3, px), ``height``, ``width``, ``pixel_mm`` and
   ``T_cam_from_ct`` (4×4, the *initial* pose guess, world → camera, mm) — the per-view form of
   ``Rig.to_views()``.
@@ -31,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ct", required=True, help="NIfTI CT in HU, or phantom:chest[:SEED]")
     p.add_argument("--xray", required=True, type=Path, help=".npy X-ray image (H, W)")
+    p.add_argument(
+        "--transmission",
+        action="store_true",
+        help="the X-ray is raw detector counts (dense = dark): use -log(I / max I)",
+    )
     p.add_argument(
         "--geometry",
         required=True,
@@ -93,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.xray.is_file():
         raise FileNotFoundError(f"--xray: no such file {args.xray}")
     img = torch.from_numpy(np.load(args.xray)).float()
+    if args.transmission:
+        from mvxray.datasets.intensity import line_integral_from_transmission
+
+        img = line_integral_from_transmission(img)
     if img.dim() == 3 and img.shape[0] == 1:
         img = img[0]
     if img.dim() != 2 or tuple(img.shape) != (int(geo["height"]), int(geo["width"])):

@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "split_cases": "format",
     "write_case": "format",
     "write_dataset": "format",
+    "INTENSITIES": "intensity",
+    "line_integral_from_transmission": "intensity",
     # torch
     "MultiViewBatch": "torchdata",
     "MultiViewDataset": "torchdata",

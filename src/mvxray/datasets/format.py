@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mvxray.datasets.base import MultiViewSample
+from mvxray.datasets.intensity import INTENSITIES, line_integral_from_transmission
 from mvxray.geometry import Rig
 from mvxray.io import TMP_PREFIX, atomic_write_text
 
@@ -194,6 +195,8 @@ def read_case(path: str | Path) -> MultiViewSample:
     ``boxes3d_ct_mm`` (e.g. real X-rays annotated in 2D only) ``boxes3d`` is NaN and
     ``meta["boxes3d_known"]`` is False; per-view box lists may then differ in length and are padded
     (padding is not visible). ``visible2d`` defaults to "box has positive area", ``labels`` to 0.
+    Views of a case with ``"intensity": "transmission"`` (raw counts) are returned as line
+    integrals ``-log(I / I0)`` (``"i0"``: the unattenuated intensity; default each view's maximum).
 
     ``meta`` holds ``provenance``, ``classes``, ``path``, ``boxes3d_known`` and, when present,
     ``boxes2d_mask`` (``(V, M, 4)`` px).
@@ -237,6 +240,16 @@ def read_case(path: str | Path) -> MultiViewSample:
     if len({t.shape[0] for t in images}) != 1:
         raise DatasetFormatError(f"{file}: views have different numbers of channels")
     images_t = torch.stack(images)
+    intensity = doc.get("intensity", "line_integral")
+    if intensity not in INTENSITIES:
+        raise DatasetFormatError(
+            f"{file}: key 'intensity' is {intensity!r}, expected one of {INTENSITIES}"
+        )
+    if intensity == "transmission":
+        try:
+            images_t = line_integral_from_transmission(images_t, doc.get("i0"))
+        except ValueError as exc:
+            raise DatasetFormatError(f"{file}: {exc}") from exc
 
     has3d = doc.get("boxes3d_ct_mm") is not None
     b2_list = _per_view_boxes(doc.get("boxes2d_px", [[] for _ in range(V)]), V, file, "boxes2d_px")

@@ -1,7 +1,8 @@
 """Per-image intensity normalization shared by every 2D detector.
 
-A user's X-rays will not be our renders: line integrals, log-transmission, 12-bit counts or
-8-bit PNGs, bright or dark indications on any offset. Every detector therefore sees its input
+A user's X-rays will not be our renders: line integrals in any unit, 12-bit or 8-bit, on any
+offset (raw transmission counts are not such a scale: they are log-converted on reading,
+:mod:`mvxray.datasets.intensity`). Every detector therefore sees its input
 through :func:`robust_normalize` (per image: the 0.5th / 99.5th percentiles map to 0 / 1) and,
 for the learned ones, through :func:`xray_channels`, which adds two background-subtracted
 channels that make small, faint blobs stand out from the smooth anatomy.
