@@ -22,8 +22,9 @@ def line_integral_from_transmission(
 
     Args:
         images: detector counts (or any intensity proportional to the transmitted beam), ≥ 0.
-        i0: the unattenuated intensity; ``None``: each image's maximum (a view with some air in
-            its field), so the brightest pixel becomes 0.
+        i0: the unattenuated intensity; ``None``: each image's maximum, so the brightest pixel
+            becomes 0 (a view without air in its field is then offset by a constant, which the
+            detectors' per-image normalization absorbs).
         floor: counts below ``floor · I0`` (dark-corrected zeros) are read as ``floor · I0``.
 
     Returns:
