@@ -64,7 +64,8 @@ def test_register_input_errors(tmp_path, tiny_volume, capsys):
     ct, xray, geo, model, view = _inputs(tmp_path, tiny_volume)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({k: v for k, v in view.items() if k != "K"}))
-    args = ["register", "--ct", str(ct), "--xray", str(xray), "--model", str(model)]
+    out = ["--out", str(tmp_path / "reg.json")]  # a run that got through writes here, not in cwd
+    args = ["register", "--ct", str(ct), "--xray", str(xray), "--model", str(model), *out]
     assert main([*args, "--geometry", str(bad)]) == 1
     assert "missing key(s) ['K']" in capsys.readouterr().err
     np.save(tmp_path / "small.npy", np.zeros((8, 8), dtype=np.float32))
