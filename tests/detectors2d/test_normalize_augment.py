@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mvxray.detectors2d.augment import augment_view, flip_rotate, random_crop
+from mvxray.detectors2d.augment import augment_view, flip_rotate, photometric, random_crop
 from mvxray.detectors2d.normalize import (
     background_subtract,
     has_contrast,
@@ -83,3 +83,17 @@ def test_augment_view_is_seeded():
     b = augment_view(im, boxes, torch.Generator().manual_seed(3))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[0].shape == (1, 32, 32)
+
+
+def test_photometric_blur_reaches_blur_px():
+    spike = torch.zeros(1, 33, 33)
+    spike[0, 16, 16] = 1.0
+
+    def peaks(blur_px: float) -> torch.Tensor:
+        gens = [torch.Generator().manual_seed(s) for s in range(24)]
+        return torch.stack([photometric(spike, g, p=1.0, blur_px=blur_px)[0, 16, 16] for g in gens])
+
+    sharp, blurred = peaks(0.0), peaks(2.0)
+    assert float(sharp.min()) > 0.95  # gamma keeps 1 at 1, noise is at most 1 %
+    # a sigma drawn up to 2 px spreads the spike: sigma = 1 px leaves 1 / (2 pi) of it
+    assert float(blurred.median()) < 0.5

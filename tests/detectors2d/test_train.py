@@ -52,6 +52,8 @@ def test_train_config_rejects_inconsistent_crops_and_unknown_precision():
         TrainConfig(batch_size=4, crops_per_view=2)
     with pytest.raises(ValueError, match=r"precision.*'fp16'"):
         TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match=r"blur_px.*-1"):
+        TrainConfig(blur_px=-1.0)
 
 
 def test_bf16_training_on_several_crops_per_view_lowers_the_loss(blob_dataset):

@@ -64,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="learning rate (default: the detector's benchmark value)",
     )
+    p.add_argument(
+        "--blur-px",
+        type=float,
+        default=None,
+        help="largest augmentation blur sigma, px (default: 0.4; more for blurrier imaging chains)",
+    )
     p.add_argument("--warmup", type=int, default=500, help="warm-up iterations")
     p.add_argument("--train-split", default="train", help="split to train on")
     p.add_argument(
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
-        for key in ("lr", "crops_per_view", "precision"):
+        for key in ("lr", "crops_per_view", "precision", "blur_px"):
             if getattr(args, key) is not None:
                 tr[key] = getattr(args, key)
         if args.crops_per_view is None:  # the preset's, fitted to --batch and --crop

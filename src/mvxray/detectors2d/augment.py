@@ -85,13 +85,16 @@ def flip_rotate(
     return image, b.reshape(-1, 4)
 
 
-def photometric(image: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    """Gamma, Gaussian noise and blur (each with probability ``p``) on the normalized image."""
+def photometric(
+    image: torch.Tensor, g: torch.Generator, p: float = 0.5, blur_px: float = 0.4
+) -> torch.Tensor:
+    """Gamma, Gaussian noise and a blur of σ up to ``blur_px`` pixels (each with probability
+    ``p``) on the normalized image."""
     x = robust_normalize(image[None])[0].clamp(0, 1)
     if _u(g) < p:
         x = x.pow(_u(g, 0.7, 1.5))
     if _u(g) < p:
-        sigma = _u(g, 0.0, 0.4)
+        sigma = _u(g, 0.0, blur_px)
         x = _blur(x[None], sigma)[0] if sigma > 0.2 else x
     if _u(g) < p:
         # at most 1 % of the normalized range: a 6-20 mm nodule peaks at 1.7-5 % of it (chest

@@ -58,6 +58,7 @@ class TrainConfig:
             with AMX / AVX-512-BF16 and recent GPUs make a step cheaper, others slower);
             ``"auto"``: bf16 where the device has native bf16, else fp32 (:func:`use_bf16`).
         augment: X-ray augmentations (flips / 90° rotations update the boxes; gamma, noise, blur).
+        blur_px: the augmentation's largest Gaussian blur σ, in pixels of the raw view.
         grad_clip: max gradient norm.
         checkpoint_every: write ``last.pt`` every this many iterations (and at the end).
         seed: seeds torch and the sampler.
@@ -79,6 +80,7 @@ class TrainConfig:
     crops_per_view: int = 1
     precision: str = "fp32"
     augment: bool = True
+    blur_px: float = 0.4
     grad_clip: float = 10.0
     checkpoint_every: int = 200
     seed: int = 0
@@ -98,6 +100,8 @@ class TrainConfig:
                 "TrainConfig.crops_per_view: expected a divisor of batch_size, and 1 without "
                 f"crop_px; found {k} with batch_size={self.batch_size}, crop_px={self.crop_px}"
             )
+        if self.blur_px < 0:
+            raise ValueError(f"TrainConfig.blur_px: expected >= 0, found {self.blur_px}")
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ValueError(
                 f"TrainConfig.precision: expected 'fp32', 'bf16' or 'auto', found {self.precision!r}"
@@ -182,6 +186,7 @@ def training_batch(
     augment: bool,
     crop_positive: float = 0.7,
     crops_per_view: int = 1,
+    blur_px: float = 0.4,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Prepared (normalized on the *whole* view), augmented, cropped inputs and their boxes.
 
@@ -194,11 +199,12 @@ def training_batch(
         augment: photometric before and flips / quarter turns after preparation.
         crop_positive: fraction of crops placed around a ground-truth box.
         crops_per_view: crops cut from each prepared view (each with its own flip / turn).
+        blur_px: the photometric blur's largest σ, px.
     """
     ims, bxs = [], []
     with torch.no_grad():
         for raw, bx in zip(images, boxes):
-            raw = photometric(raw, g) if augment else raw
+            raw = photometric(raw, g, blur_px=blur_px) if augment else raw
             x, scale = detector.prepare(raw[None])
             for _ in range(crops_per_view):
                 im, b = x[0], bx.to(x.device) * scale
@@ -361,6 +367,7 @@ def fit_detector(
             cfg.augment,
             cfg.crop_positive,
             cfg.crops_per_view,
+            cfg.blur_px,
         )
         with autocast:
             loss = detector.training_loss(ims.to(device), [b.to(device) for b in bxs])

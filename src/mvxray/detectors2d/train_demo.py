@@ -65,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="fine-tune this saved detector ('demo': the shipped one) instead of a fresh one",
     )
     parser.add_argument("--lr", type=float, help="learning rate (default: the benchmark's)")
+    parser.add_argument(
+        "--blur-px", type=float, help="largest augmentation blur σ, px (default: the loop's)"
+    )
     parser.add_argument("--out", type=Path, help="output file (default: the package's assets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -101,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         det = load_demo_detector() if args.init == "demo" else detectors2d.load(args.init)
         if det.name != name:
             raise ValueError(f"--init {args.init}: a {det.name} detector, not {name}")
-    training = BENCH_TRAINING[name] | ({"lr": args.lr} if args.lr is not None else {})
+    given = {"lr": args.lr, "blur_px": args.blur_px}
+    training = BENCH_TRAINING[name] | {k: v for k, v in given.items() if v is not None}
     splits = [MultiViewDataset(d, "train") for d in data]
     train = [ds[i] for ds in splits for i in range(len(ds))]
     fit = det.fit(
