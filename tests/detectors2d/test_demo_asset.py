@@ -52,7 +52,8 @@ def test_train_demo_fine_tunes_a_saved_detector_on_several_datasets(tmp_path, mo
     data = [_tiny_dataset(tmp_path / "a", [0, 1]), _tiny_dataset(tmp_path / "b", [2, 3, 4])]
     out = tmp_path / "out" / "det.pt"
     argv = ["--init", str(tmp_path / "init.pt"), "--data", *map(str, data)]
-    argv += ["--minutes", "0.01", "--lr", "5e-4", "--threads", "1", "--out", str(out)]
+    argv += ["--minutes", "0.01", "--lr", "5e-4", "--blur-px", "0.8", "--threads", "1"]
+    argv += ["--out", str(out)]
     assert train_demo.main(argv) == 0
 
     det = load(out)
@@ -66,6 +67,7 @@ def test_train_demo_fine_tunes_a_saved_detector_on_several_datasets(tmp_path, mo
     assert report["config"]["widths"] == [8, 16]
     assert report["training"]["init"] == str(tmp_path / "init.pt")
     assert report["training"]["lr"] == 5e-4
+    assert report["training"]["blur_px"] == 0.8
     assert [d["train_cases"] for d in report["data"]] == [["case_0"], ["case_2", "case_3"]]
     assert [d["test_cases"] for d in report["data"]] == [["case_1"], ["case_4"]]
 
