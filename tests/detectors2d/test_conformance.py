@@ -78,6 +78,10 @@ def test_save_load_round_trip_gives_identical_predictions(name, tmp_path):
 
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_tiny_fit_lowers_the_loss(name, blob_dataset, tmp_path):
+    # the initial weights come from torch's global RNG: seed it, or the outcome of 4 steps would
+    # depend on the tests that ran before in this worker (one such order made Faster R-CNN's
+    # probe loss rise 1.53 -> 2.08 in CI; 40 seeds of the init here all lowered it)
+    torch.manual_seed(0)
     det = detectors2d.build(name, **TINY[name])
     out = det.fit(
         blob_dataset,
