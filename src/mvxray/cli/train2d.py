@@ -68,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--blur-px",
         type=float,
         default=None,
-        help="largest augmentation blur sigma, px (default: 0.4; more for blurrier imaging chains)",
+        help="largest augmentation blur sigma, px (default: TrainConfig.blur_px; more for "
+        "blurrier imaging chains)",
     )
     p.add_argument("--warmup", type=int, default=500, help="warm-up iterations")
     p.add_argument("--train-split", default="train", help="split to train on")

@@ -64,9 +64,9 @@ class GenerateConfig:
         n_samples: samples per ray (nanodrr); default from the volume.
         voxel_mm: phantom voxel size, mm (None: the phantom's default; for a CT of your own,
             its own grid). A CT of your own is then resampled to it (isotropic, anti-aliased)
-            before nodules are inserted: the shipped detector saw chest CTs on a 1.5 mm grid only
-            and finds far fewer nodules in renders of a finer one (docs/detectors.md, "A CT of
-            your own").
+            before nodules are inserted: the shipped detector was trained mostly on a 1.5 mm
+            grid and finds far fewer nodules in renders of a finer one (docs/detectors.md, "A CT
+            of your own").
         fractions: train / val / test fractions of the cases.
         preview: write 16-bit PNG previews.
         device: render device (``"cpu"``, ``"cuda"``).

@@ -12,6 +12,9 @@ import torch
 
 from mvxray.detectors2d.normalize import _blur, robust_normalize
 
+#: Default largest blur σ, px of the raw view (``TrainConfig.blur_px``, ``--blur-px``).
+BLUR_PX = 0.4
+
 
 def _u(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
     return lo + (hi - lo) * float(torch.rand(1, generator=g))
@@ -86,7 +89,7 @@ def flip_rotate(
 
 
 def photometric(
-    image: torch.Tensor, g: torch.Generator, p: float = 0.5, blur_px: float = 0.4
+    image: torch.Tensor, g: torch.Generator, p: float = 0.5, blur_px: float = BLUR_PX
 ) -> torch.Tensor:
     """Gamma, Gaussian noise and a blur of σ up to ``blur_px`` pixels (each with probability
     ``p``) on the normalized image."""

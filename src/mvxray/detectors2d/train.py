@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from mvxray.detectors2d.augment import photometric, random_crop, random_flip_rotate
+from mvxray.detectors2d.augment import BLUR_PX, photometric, random_crop, random_flip_rotate
 from mvxray.distributed import (
     any_process,
     average_gradients,
@@ -80,7 +80,7 @@ class TrainConfig:
     crops_per_view: int = 1
     precision: str = "fp32"
     augment: bool = True
-    blur_px: float = 0.4
+    blur_px: float = BLUR_PX
     grad_clip: float = 10.0
     checkpoint_every: int = 200
     seed: int = 0
@@ -186,7 +186,7 @@ def training_batch(
     augment: bool,
     crop_positive: float = 0.7,
     crops_per_view: int = 1,
-    blur_px: float = 0.4,
+    blur_px: float = BLUR_PX,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Prepared (normalized on the *whole* view), augmented, cropped inputs and their boxes.
 
