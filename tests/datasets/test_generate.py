@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from mvxray.datasets import generate as gen
-from mvxray.datasets.format import CASE_FILE, read_case, read_dataset
+from mvxray.datasets.format import CASE_FILE, DatasetFormatError, read_case, read_dataset
 from mvxray.datasets.generate import GenerateConfig, case_seed, generate, make_rig
-from mvxray.geometry import project_boxes3d
+from mvxray.geometry import Rig, project_boxes3d
 
 
 def _config(out: Path, **kw) -> GenerateConfig:
@@ -94,6 +94,65 @@ def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither one of"):
         generate(_config(tmp_path, phantom=str(tmp_path / "nope.nii.gz")), progress=False)
     assert make_rig(GenerateConfig(out=tmp_path, size=64)).num_views == 10
+
+
+def _rig_file(path: Path, rig: Rig) -> Path:
+    path.write_text(rig.to_json())
+    return path
+
+
+def test_rig_file_renders_every_case_with_that_rig(tmp_path: Path) -> None:
+    """A rig no preset makes (non-square, 4 views over 180° from 18°): cases carry exactly it,
+    the boxes are its projections, and a case folder of that dataset is a rig file too."""
+    rig = Rig.circular(4, 300.0, 600.0, 20, 28, 6.0, start_deg=18.0, arc_deg=180.0)
+    cfg = _config(tmp_path / "a", cases=1, views=10, size=256, preset="seed",
+                  rig=_rig_file(tmp_path / "rig.json", rig))  # fmt: skip
+    assert (cfg.views, cfg.size, cfg.rig) == (4, 28, str(tmp_path / "rig.json"))
+    generate(cfg, progress=False)
+    s = read_case(tmp_path / "a" / "case_00000")
+    assert s.images.shape == (4, 1, 20, 28) and float(s.images.max()) > 0.1
+    torch.testing.assert_close(s.rig.K, rig.K)
+    torch.testing.assert_close(s.rig.T_cam_from_ct, rig.T_cam_from_ct)
+    b2, _ = project_boxes3d(s.boxes3d, rig.K, rig.T_cam_from_ct, 20, 28)
+    torch.testing.assert_close(s.boxes2d, b2.to(s.boxes2d.dtype), atol=1e-5, rtol=0)
+    assert s.meta["provenance"]["rig_preset"] == "file"
+    plan = read_dataset(tmp_path / "a").meta["plan"]
+    assert (plan["views"], plan["size"], plan["rig"]) == (4, 28, str(tmp_path / "rig.json"))
+    again = _config(tmp_path / "b", cases=1, views=4, size=28, preset="seed",
+                    rig=tmp_path / "a" / "case_00000")  # fmt: skip
+    torch.testing.assert_close(make_rig(again).T_cam_from_ct, rig.T_cam_from_ct)
+
+
+def test_rig_file_errors(tmp_path: Path) -> None:
+    rig = Rig.circular(4, 300.0, 600.0, 20, 20, 6.0)
+    path = _rig_file(tmp_path / "rig.json", rig)
+    with pytest.raises(ValueError, match="replaces preset and detector_mm"):
+        GenerateConfig(out=tmp_path, preset="circular", rig=path)
+    with pytest.raises(ValueError, match=r"views: 6 given, but the rig file .* has 4"):
+        GenerateConfig(out=tmp_path, views=6, rig=path)
+    with pytest.raises(FileNotFoundError, match="no such rig file"):
+        GenerateConfig(out=tmp_path, rig=tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text('{"view": []}')
+    with pytest.raises(DatasetFormatError, match=r"bad\.json: missing key 'views'"):
+        GenerateConfig(out=tmp_path, rig=tmp_path / "bad.json")
+    # poses that cannot image the phantom: turned away from it, or in another frame
+    turned = torch.diag(torch.tensor([-1.0, 1, -1, 1], dtype=torch.float64)) @ rig.T_cam_from_ct
+    away = Rig(rig.K, turned, 20, 20, rig.pixel_mm)
+    cfg = _config(tmp_path / "c", cases=1, preset="seed", views=4, size=20,
+                  rig=_rig_file(tmp_path / "away.json", away))  # fmt: skip
+    with pytest.raises(ValueError, match=r"rig view 0: the volume .* is behind the source"):
+        generate(cfg, progress=False)
+    shifted = rig.T_cam_from_ct.clone()
+    shifted[:, 0, 3] += 1000.0  # the object 1000 mm to the side: the user's frame, not the CT's
+    off = Rig(rig.K, shifted, 20, 20, rig.pixel_mm)
+    cfg = _config(tmp_path / "d", cases=1, preset="seed", views=4, size=20,
+                  rig=_rig_file(tmp_path / "off.json", off))  # fmt: skip
+    with pytest.raises(ValueError, match=r"rig view 0: .* outside the 20x20 px image"):
+        generate(cfg, progress=False)
+    assert (
+        not (tmp_path / "c" / "case_00000").exists()
+        and not (tmp_path / "d" / "case_00000").exists()
+    )
 
 
 def test_user_ct_as_host(tmp_path: Path, monkeypatch) -> None:

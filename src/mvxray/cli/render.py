@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--views", type=int, default=None, help="views per case (seed preset: 10; circular: 10)"
     )
-    p.add_argument("--size", type=int, default=256, help="detector size, px")
+    p.add_argument("--size", type=int, default=None, help="detector size, px (default: 256)")
     p.add_argument(
         "--preset",
         choices=("seed", "circular"),
@@ -47,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="detector width, mm, of the circular preset (default: the seed's 800 mm)",
+    )
+    p.add_argument(
+        "--rig",
+        default=None,
+        help="instead of a preset, the rig of a JSON file with a 'views' list (Rig.to_json, or "
+        "a case.json / case folder of a dataset in mvxray's format, e.g. your registered "
+        "X-rays); poses in the phantom's CT frame, mm. Views and size come from it",
     )
     p.add_argument("--seed", type=int, default=0, help="dataset seed")
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
@@ -76,13 +83,25 @@ def run(args: argparse.Namespace) -> int:
     from mvxray.datasets.format import read_dataset
     from mvxray.datasets.generate import GenerateConfig, generate
 
-    views = args.views if args.views is not None else 10
+    if args.rig is not None:
+        given = [
+            flag
+            for flag, value in (("--views", args.views), ("--size", args.size))
+            if value is not None
+        ]
+        if args.preset != "seed":
+            given.append("--preset")
+        if args.detector_mm is not None:
+            given.append("--detector-mm")
+        if given:
+            raise ValueError(f"--rig gives the rig; leave out {', '.join(given)}")
     config = GenerateConfig(
         out=Path(args.out),
         phantom=args.phantom,
         cases=args.cases,
-        views=views,
-        size=args.size,
+        views=args.views if args.views is not None else 10,
+        size=args.size if args.size is not None else 256,
+        rig=args.rig,
         preset=args.preset,
         detector_mm=args.detector_mm,
         seed=args.seed,

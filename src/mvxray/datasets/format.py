@@ -188,6 +188,36 @@ def _per_view_boxes(value: Any, V: int, file: Path, key: str) -> list[torch.Tens
     ]
 
 
+def _rig(views: Any, file: Path) -> Rig:
+    if not isinstance(views, list) or not views:
+        raise DatasetFormatError(f"{file}: key 'views' must be a non-empty list")
+    try:
+        return Rig.from_views(views)
+    except (KeyError, ValueError) as exc:
+        raise DatasetFormatError(f"{file}: key 'views': {exc}") from exc
+
+
+def read_rig(path: str | Path) -> Rig:
+    """The rig of a JSON file with a ``"views"`` list: what :meth:`Rig.to_json` writes, or a
+    case's ``case.json`` (a case folder is accepted too; its images are not read).
+
+    Raises:
+        FileNotFoundError: no such file.
+        DatasetFormatError: not JSON, or a view's calibration missing or of the wrong shape.
+    """
+    path = Path(path)
+    file = path / CASE_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such rig file")
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetFormatError(f"{file}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise DatasetFormatError(f"{file}: expected a JSON object with a 'views' list")
+    return _rig(_key(doc, "views", file), file)
+
+
 def read_case(path: str | Path) -> MultiViewSample:
     """Read one case folder (or its ``case.json``) into a :class:`MultiViewSample`.
 
@@ -215,12 +245,7 @@ def read_case(path: str | Path) -> MultiViewSample:
     except json.JSONDecodeError as exc:
         raise DatasetFormatError(f"{file}: not valid JSON ({exc})") from exc
     views = _key(doc, "views", file)
-    if not isinstance(views, list) or not views:
-        raise DatasetFormatError(f"{file}: key 'views' must be a non-empty list")
-    try:
-        rig = Rig.from_views(views)
-    except (KeyError, ValueError) as exc:
-        raise DatasetFormatError(f"{file}: key 'views': {exc}") from exc
+    rig = _rig(views, file)
     V, H, W = rig.num_views, rig.height, rig.width
     images = []
     for v, view in enumerate(views):

@@ -32,11 +32,12 @@ from mvxray.datasets.format import (
     DATASET_FILE,
     clean_temporary,
     is_complete,
+    read_rig,
     split_cases,
     write_case,
     write_dataset,
 )
-from mvxray.geometry import Rig
+from mvxray.geometry import Rig, box3d_corners, project_points
 from mvxray.geometry.rig import SEED_DETECTOR_MM, SEED_SDD_MM, SEED_SID_MM
 
 PRESETS = ("seed", "circular")
@@ -70,6 +71,12 @@ class GenerateConfig:
         fractions: train / val / test fractions of the cases.
         preview: write 16-bit PNG previews.
         device: render device (``"cpu"``, ``"cuda"``).
+        rig: instead of a preset, the rig of a JSON file (:func:`~mvxray.datasets.format.read_rig`:
+            what :meth:`Rig.to_json` writes, or a ``case.json`` / case folder of a dataset in
+            mvxray's format — e.g. your registered X-rays), its poses taken in the phantom's CT
+            frame (mm; its origin is the volume's centre, docs/conventions.md). ``views``
+            and ``size`` then come from it (``size``: its width); ``preset`` and ``detector_mm``
+            must be left at their defaults.
     """
 
     out: Path
@@ -89,8 +96,11 @@ class GenerateConfig:
     preview: bool = True
     device: str | None = None
     phantom_options: dict[str, Any] = field(default_factory=dict)
+    rig: str | Path | None = None
 
     def __post_init__(self) -> None:
+        if self.rig is not None:
+            self._take_rig_file()
         if self.cases < 1:
             raise ValueError(f"cases: expected >= 1, found {self.cases}")
         if self.preset not in PRESETS:
@@ -101,7 +111,7 @@ class GenerateConfig:
             )
         if self.detector_mm is not None and self.detector_mm <= 0:
             raise ValueError(f"detector_mm: expected > 0, found {self.detector_mm}")
-        if self.preset == "seed" and self.views != 10:
+        if self.preset == "seed" and self.views != 10 and self.rig is None:
             raise ValueError(
                 f"views: the seed preset has 10 views, found {self.views} (use preset 'circular')"
             )
@@ -114,6 +124,25 @@ class GenerateConfig:
             raise ValueError(f"workers: expected >= 1, found {self.workers}")
         if self.size < 8:
             raise ValueError(f"size: expected >= 8 px, found {self.size}")
+
+    def _take_rig_file(self) -> None:
+        """Check ``rig`` (it replaces the preset) and record its views and size."""
+        if self.preset != "seed" or self.detector_mm is not None:
+            raise ValueError(
+                f"rig: the rig file {self.rig} replaces preset and detector_mm; found preset "
+                f"{self.preset!r}, detector_mm {self.detector_mm} (leave them out)"
+            )
+        object.__setattr__(self, "rig", str(self.rig))  # a Path too; the plan stays JSON
+        rig = read_rig(self.rig)
+        for name, given, default, actual in (
+            ("views", self.views, 10, rig.num_views),
+            ("size", self.size, 256, rig.width),
+        ):
+            if given not in (default, actual):
+                raise ValueError(
+                    f"{name}: {given} given, but the rig file {self.rig} has {actual} (leave it out)"
+                )
+            object.__setattr__(self, name, actual)  # frozen: recorded once, from the file
 
 
 def case_name(index: int) -> str:
@@ -137,7 +166,10 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def make_rig(config: GenerateConfig) -> Rig:
-    """The rig of every case: :meth:`Rig.seed` or a circular rig with the seed's geometry."""
+    """The rig of every case: the rig file, :meth:`Rig.seed`, or a circular rig with the seed's
+    geometry."""
+    if config.rig is not None:
+        return read_rig(config.rig)
     if config.preset == "seed":
         return Rig.seed(config.size)
     return Rig.circular(
@@ -200,6 +232,36 @@ def volume_box(volume) -> torch.Tensor:
     return torch.cat([pts.amin(0), pts.amax(0)])
 
 
+def check_rig_sees(rig: Rig, box: torch.Tensor) -> None:
+    """Refuse a rig that cannot image the volume ``box`` (``(6,)`` CT mm): a view with the
+    volume's centre behind its source, or whose image the volume misses — typically poses in
+    another frame or unit than the CT's mm.
+
+    Raises:
+        ValueError: naming the view, where the volume is, and the image size.
+    """
+    K, T = rig.K.double(), rig.T_cam_from_ct.double()
+    centre = (box[:3] + box[3:]).double()[None] / 2
+    _, depth = project_points(centre, K, T)
+    uv, z = project_points(box3d_corners(box.double()[None])[0], K, T)  # (V, 8, 2), (V, 8)
+    for v in range(rig.num_views):
+        where = f"the volume (CT box {[round(x, 1) for x in box.tolist()]} mm)"
+        if depth[v, 0] <= 0:
+            raise ValueError(
+                f"rig view {v}: {where} is behind the source (centre depth "
+                f"{float(depth[v, 0]):.1f} mm); are T_cam_from_ct in this CT frame, in mm?"
+            )
+        if bool((z[v] <= 0).any()):
+            continue  # the source is inside the box (air around the object): it sees the volume
+        lo, hi = uv[v].amin(0), uv[v].amax(0)
+        if hi[0] <= 0 or lo[0] >= rig.width or hi[1] <= 0 or lo[1] >= rig.height:
+            raise ValueError(
+                f"rig view {v}: {where} projects to x {float(lo[0]):.0f}..{float(hi[0]):.0f}, "
+                f"y {float(lo[1]):.0f}..{float(hi[1]):.0f} px, outside the {rig.width}x"
+                f"{rig.height} px image; are K and T_cam_from_ct in this CT frame, in mm?"
+            )
+
+
 def render_one(config: GenerateConfig, index: int) -> str:
     """Render and write case ``index`` (skipped if complete); returns its folder name."""
     from mvxray.datasets.phantoms import CLASSES
@@ -212,6 +274,7 @@ def render_one(config: GenerateConfig, index: int) -> str:
     seed = case_seed(config.seed, index)
     case = make_phantom(config, seed)
     rig = make_rig(config)
+    check_rig_sees(rig, volume_box(case.volume))
     rendered = render_case(
         case.volume,
         rig,
@@ -225,7 +288,8 @@ def render_one(config: GenerateConfig, index: int) -> str:
         "case_index": index,
         "case_seed": seed,
         "dataset_seed": config.seed,
-        "rig_preset": config.preset,
+        "rig_preset": "file" if config.rig else config.preset,
+        **({"rig_file": str(config.rig)} if config.rig else {}),
         "backend": config.backend,
         "size_px": config.size,
         "volume_box_ct_mm": volume_box(case.volume).tolist(),
