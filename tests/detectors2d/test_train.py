@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from mvxray import detectors2d
-from mvxray.detectors2d.train import TrainConfig, training_batch, use_bf16
+from mvxray.datasets.base import MultiViewSample
+from mvxray.detectors2d.train import TrainConfig, collect_views, training_batch, use_bf16
+from mvxray.geometry import Rig
 
 
 class _CountingPrepare:
@@ -94,3 +96,37 @@ def test_auto_precision_skips_a_gpu_that_only_emulates_bf16(monkeypatch):
     assert not use_bf16("auto", torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert use_bf16("auto", torch.device("cuda"))
+
+
+def _square_sample(pixel_mm: float) -> MultiViewSample:
+    """Two 32-px views of a rig at ``pixel_mm`` / 2 mm per pixel at the object, each with a
+    bright 4-px square at (10, 12) and its box."""
+    rig = Rig.circular(2, 300.0, 600.0, 32, 32, pixel_mm)
+    images = torch.zeros(2, 1, 32, 32)
+    images[:, :, 12:16, 10:14] = 1.0
+    box = torch.tensor([10.0, 12.0, 14.0, 16.0])
+    return MultiViewSample(
+        images=images,
+        rig=rig,
+        boxes3d=torch.zeros(1, 6),
+        boxes2d=box.expand(2, 1, 4).clone(),
+        visible2d=torch.ones(2, 1, dtype=torch.bool),
+        labels=torch.zeros(1, dtype=torch.long),
+    )
+
+
+def test_training_views_are_shown_at_the_trained_scale():
+    """Fine-tuning on a rig of another scale: its views (and boxes) are resampled to the scale
+    the detector will see them at in predict_sample, not trained on as given."""
+    data = [_square_sample(2.0), _square_sample(4.0)]  # 1.0 and 2.0 mm per pixel at the object
+    images, boxes, scale = collect_views(data, object_px_mm=1.0)
+    assert (
+        scale == 1.0 and [tuple(im.shape) for im in images] == [(1, 32, 32)] * 2 + [(1, 64, 64)] * 2
+    )
+    assert boxes[2].tolist() == [[20.0, 24.0, 28.0, 32.0]]
+    inside = images[2][0, 25:31, 21:27]  # the enlarged square sits inside its enlarged box
+    assert float(inside.min()) > 0.9 and float(images[2].sum()) == pytest.approx(64.0, rel=0.05)
+    images, boxes, scale = collect_views([data[1], data[1], data[0]])  # median scale: 2.0 mm
+    assert scale == 2.0 and tuple(images[4].shape) == (1, 16, 16)
+    assert boxes[4].tolist() == [[5.0, 6.0, 7.0, 8.0]]
+    assert boxes[0].tolist() == [[10.0, 12.0, 14.0, 16.0]]  # at the target scale: as given

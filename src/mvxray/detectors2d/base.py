@@ -100,8 +100,29 @@ def predict_sample(detector: Detector2D, sample: Any) -> list[Detections2D]:
     return predict_rescaled(detector, sample.images, factor)
 
 
+def rescale_views(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """``(..., H, W)`` views resampled by ``factor`` (> 1 enlarges) to ``round(H·factor)`` ×
+    ``round(W·factor)`` px: bilinear, antialiased, edges kept (``align_corners=False``), so a
+    continuous coordinate ``u`` maps to ``u · w / W`` (docs/conventions.md).
+
+    Raises:
+        ValueError: ``factor`` ≤ 0.
+    """
+    if factor <= 0:
+        raise ValueError(f"factor: expected > 0, found {factor}")
+    H, W = images.shape[-2:]
+    h, w = max(1, round(H * factor)), max(1, round(W * factor))
+    x = images.float().reshape(-1, 1, H, W)
+    x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False, antialias=True)
+    return x.reshape(*images.shape[:-2], h, w)
+
+
+#: Views within this relative scale of a detector's trained one are shown to it as given.
+SCALE_TOLERANCE = 0.02
+
+
 def predict_rescaled(
-    detector: Detector2D, images: torch.Tensor, factor: float, tolerance: float = 0.02
+    detector: Detector2D, images: torch.Tensor, factor: float, tolerance: float = SCALE_TOLERANCE
 ) -> list[Detections2D]:
     """Detect in ``(V, C, H, W)`` views resampled by ``factor`` (> 1 enlarges), with the boxes
     and heatmaps mapped back to the given views' pixels; within ``tolerance`` of 1, as given.
@@ -118,13 +139,10 @@ def predict_rescaled(
         >>> predict_rescaled(LeftHalf(), torch.rand(1, 1, 20, 30), 1.5)[0].boxes.tolist()
         [[0.0, 0.0, 15.0, 20.0]]
     """
-    if factor <= 0:
-        raise ValueError(f"factor: expected > 0, found {factor}")
     if abs(factor - 1.0) <= tolerance:
         return detector.predict(images)
-    H, W = images.shape[-2:]
-    h, w = max(1, round(H * factor)), max(1, round(W * factor))
-    x = F.interpolate(images.float(), (h, w), mode="bilinear", align_corners=False, antialias=True)
+    x = rescale_views(images, factor)
+    (H, W), (h, w) = images.shape[-2:], x.shape[-2:]
     out = []
     for d in detector.predict(x):
         back = torch.tensor([W / w, H / h, W / w, H / h], device=d.boxes.device)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mvxray.detectors2d.augment import BLUR_PX, photometric, random_crop, random_flip_rotate
+from mvxray.detectors2d.base import SCALE_TOLERANCE, rescale_views
 from mvxray.distributed import (
     any_process,
     average_gradients,
@@ -129,23 +130,38 @@ class TrainableTorchDetector(Protocol):
     def save(self, path: str | Path) -> None: ...
 
 
-def collect_views(dataset: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
+def collect_views(
+    dataset: Any, object_px_mm: float | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
     """All views of a dataset of :class:`~mvxray.datasets.base.MultiViewSample` → per view a
-    ``(1, H, W)`` float32 image and its ``(N, 4)`` visible ground-truth boxes (px), and the
-    median scale of the views at the object (:attr:`Rig.object_pixel_mm`, mm per pixel).
+    ``(1, H, W)`` float32 image and its ``(N, 4)`` visible ground-truth boxes (px), shown at one
+    scale at the object, and that scale (mm per pixel): ``object_px_mm`` (a detector's trained
+    scale, when fine-tuning) or else the median of the views' :attr:`Rig.object_pixel_mm`.
+    Views of another scale are resampled to it (:func:`~mvxray.detectors2d.base.rescale_views`)
+    with their boxes — as :func:`~mvxray.detectors2d.base.predict_sample` will show them to the
+    trained detector.
 
     Raises:
         ValueError: the dataset is empty.
     """
     images, boxes, scales = [], [], []
     for sample in dataset:
-        scales.append(sample.rig.object_pixel_mm.float().cpu())
+        scale = float(sample.rig.object_pixel_mm.float().median())
         for v in range(sample.images.shape[0]):
             images.append(sample.images[v, :1].float().cpu())
             boxes.append(sample.boxes2d[v][sample.visible2d[v].bool()].float().cpu().reshape(-1, 4))
+            scales.append(scale)
     if not images:
         raise ValueError("training set is empty: no views to train on")
-    return images, boxes, float(torch.cat(scales).median())
+    target = object_px_mm or float(torch.tensor(scales).median())
+    for i, scale in enumerate(scales):
+        factor = scale / target
+        if abs(factor - 1.0) > SCALE_TOLERANCE:
+            H, W = images[i].shape[-2:]
+            images[i] = rescale_views(images[i], factor)
+            h, w = images[i].shape[-2:]
+            boxes[i] = boxes[i] * torch.tensor([w / W, h / H, w / W, h / H])
+    return images, boxes, target
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -245,7 +261,7 @@ def fit_detector(
     info = init_from_env(cfg.device)
     device = info.device
     torch.manual_seed(cfg.seed)
-    images, boxes, object_px_mm = collect_views(train)
+    images, boxes, object_px_mm = collect_views(train, detector.config.object_px_mm)
     if detector.config.object_px_mm is None:
         # The scale predict_sample will show it views at, and the height its filters refer to.
         heights = sorted(int(im.shape[-2]) for im in images)
