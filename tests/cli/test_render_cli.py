@@ -42,8 +42,10 @@ def test_render_cli_rig_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     s = read_case(tmp_path / "ds" / "case_00000")
     assert s.images.shape == (5, 1, 24, 24)
     torch.testing.assert_close(s.rig.T_cam_from_ct, rig.T_cam_from_ct)
-    assert main([*argv, "--views", "5", "--preset", "circular"]) == 1
-    assert "--rig gives the rig; leave out --views, --preset" in capsys.readouterr().err
+    assert main([*argv, "--views", "6"]) == 1
+    assert "views: 6 given, but the rig file" in capsys.readouterr().err
+    assert main([*argv, "--preset", "circular"]) == 1
+    assert "replaces preset and detector_mm" in capsys.readouterr().err
 
 
 def test_render_help_lists_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--views", type=int, default=None, help="views per case (seed preset: 10; circular: 10)"
     )
-    p.add_argument("--size", type=int, default=None, help="detector size, px (default: 256)")
+    p.add_argument("--size", type=int, default=256, help="detector size, px")
     p.add_argument(
         "--preset",
         choices=("seed", "circular"),
@@ -83,24 +83,12 @@ def run(args: argparse.Namespace) -> int:
     from mvxray.datasets.format import read_dataset
     from mvxray.datasets.generate import GenerateConfig, generate
 
-    if args.rig is not None:
-        given = [
-            flag
-            for flag, value in (("--views", args.views), ("--size", args.size))
-            if value is not None
-        ]
-        if args.preset != "seed":
-            given.append("--preset")
-        if args.detector_mm is not None:
-            given.append("--detector-mm")
-        if given:
-            raise ValueError(f"--rig gives the rig; leave out {', '.join(given)}")
     config = GenerateConfig(
         out=Path(args.out),
         phantom=args.phantom,
         cases=args.cases,
         views=args.views if args.views is not None else 10,
-        size=args.size if args.size is not None else 256,
+        size=args.size,
         rig=args.rig,
         preset=args.preset,
         detector_mm=args.detector_mm,

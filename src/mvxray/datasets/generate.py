@@ -244,8 +244,8 @@ def check_rig_sees(rig: Rig, box: torch.Tensor) -> None:
     centre = (box[:3] + box[3:]).double()[None] / 2
     _, depth = project_points(centre, K, T)
     uv, z = project_points(box3d_corners(box.double()[None])[0], K, T)  # (V, 8, 2), (V, 8)
+    where = f"the volume (CT box {[round(x, 1) for x in box.tolist()]} mm)"
     for v in range(rig.num_views):
-        where = f"the volume (CT box {[round(x, 1) for x in box.tolist()]} mm)"
         if depth[v, 0] <= 0:
             raise ValueError(
                 f"rig view {v}: {where} is behind the source (centre depth "
