@@ -43,6 +43,21 @@ def test_xray_channels_make_a_faint_blob_stand_out():
     assert background_subtract(img).shape == (1, 1, 64, 64)
 
 
+def test_xray_channels_do_not_change_with_the_air_around_the_object():
+    """A wider field of view (the same object, 36 % → 89 % of the view air) gives the object's
+    pixels the same filtered channels: their spread is measured over the object only."""
+    g = torch.Generator().manual_seed(0)
+    obj = 1 + torch.nn.functional.avg_pool2d(torch.rand(1, 1, 66, 66, generator=g), 3, 1)
+    narrow, wide = torch.zeros(1, 1, 80, 80), torch.zeros(1, 1, 192, 192)
+    narrow[..., 8:72, 8:72] = obj
+    wide[..., 64:128, 64:128] = obj
+    a = xray_channels(narrow, reference_height=64)[..., 24:56, 24:56]
+    b = xray_channels(wide, reference_height=64)[..., 80:112, 80:112]
+    for c in (1, 2):
+        assert float(a[0, c].std()) > 0.1  # real texture, not a saturated or flat channel
+        torch.testing.assert_close(b[0, c], a[0, c], atol=0.03, rtol=0)
+
+
 def test_has_contrast_and_input_checks():
     assert has_contrast(torch.stack([torch.ones(1, 8, 8), torch.rand(1, 8, 8)])).tolist() == [
         False,

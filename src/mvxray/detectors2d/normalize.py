@@ -121,13 +121,27 @@ def _blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return gaussian_blur2d(x, (k, k), (sigma_px, sigma_px), border_type="reflect")
 
 
-def _robust_scale(x: torch.Tensor) -> torch.Tensor:
-    """Per-image spread (1.4826 · median absolute deviation), ``(B,)`` for ``(B, 1, H, W)``."""
-    flat = x.flatten(1)
+#: Normalized intensity above which a pixel is the object, not the air around it.
+OBJECT_LEVEL = 0.05
+
+
+def _robust_scale(x: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    """Per-image spread (1.4826 · median absolute deviation) over the object's pixels ``obj``
+    (all pixels when the object covers < 1 % of the image), ``(B,)`` for ``(B, 1, H, W)``.
+
+    Over the whole image, the air around the object (flat, so deviation 0) would shrink the
+    spread as the field of view widens — a rig with half the view in air showed the detector
+    twice-amplified, tanh-saturated filters (2D recall 0.21 instead of 0.33 on the same cases).
+    ``torch.nanmedian`` skips the air.
+    """
+    flat, keep = x.flatten(1), obj.flatten(1)
     if flat.shape[1] > _MAX_QUANTILE_NUMEL:
-        flat = flat[:, :: math.ceil(flat.shape[1] / _MAX_QUANTILE_NUMEL)]
-    med = flat.median(dim=1).values
-    mad = (flat - med[:, None]).abs().median(dim=1).values
+        step = math.ceil(flat.shape[1] / _MAX_QUANTILE_NUMEL)
+        flat, keep = flat[:, ::step], keep[:, ::step]
+    keep = keep | (keep.float().mean(1, keepdim=True) < 0.01)
+    flat = torch.where(keep, flat, torch.full_like(flat, float("nan")))
+    med = flat.nanmedian(dim=1).values
+    mad = (flat - med[:, None]).abs().nanmedian(dim=1).values
     return (1.4826 * mad).clamp_min(1e-3)
 
 
@@ -157,7 +171,9 @@ def xray_channels(
 
     0. the robust-normalized image (≈ [0, 1]);
     1. the background-subtracted image (σ = ``bg_sigma_frac`` · H), divided by its robust
-       spread and squashed with ``tanh(x / 4)`` into (−1, 1);
+       spread over the object (normalized intensity > :data:`OBJECT_LEVEL`: the air around it
+       does not count, so a wider field of view changes nothing) and squashed with
+       ``tanh(x / 4)`` into (−1, 1);
     2. a difference of Gaussians at blob scale (``blob_sigmas_frac`` · H), scaled the same way.
 
     Args:
@@ -181,8 +197,9 @@ def xray_channels(
     hp = x - _blur(x, max(0.5, bg_sigma_frac * H))
     s1, s2 = (max(0.5, f * H) for f in blob_sigmas_frac)
     dog = _blur(x, s1) - _blur(x, s2)
-    hp = torch.tanh(hp / (4 * _robust_scale(hp)[:, None, None, None]))
-    dog = torch.tanh(dog / (4 * _robust_scale(dog)[:, None, None, None]))
+    obj = x > OBJECT_LEVEL
+    hp = torch.tanh(hp / (4 * _robust_scale(hp, obj)[:, None, None, None]))
+    dog = torch.tanh(dog / (4 * _robust_scale(dog, obj)[:, None, None, None]))
     return torch.cat([x, hp, dog], dim=1)
 
 
