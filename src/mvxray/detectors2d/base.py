@@ -96,14 +96,14 @@ def predict_sample(detector: Detector2D, sample: Any) -> list[Detections2D]:
     trained_px_mm = getattr(getattr(detector, "config", None), "object_px_mm", None)
     if trained_px_mm is None:
         return detector.predict(sample.images)
-    return predict_rescaled(detector, sample.images, scale_factor(sample.rig, trained_px_mm))
+    return predict_rescaled(detector, sample.images, rig_px_mm(sample.rig) / trained_px_mm)
 
 
-def scale_factor(rig: Any, trained_px_mm: float) -> float:
-    """By how much the views of ``rig`` are resampled for a detector trained at
-    ``trained_px_mm`` mm per pixel at the object — at inference (:func:`predict_sample`) and in
-    training (:func:`~mvxray.detectors2d.train.collect_views`) alike."""
-    return float(rig.object_pixel_mm.median()) / trained_px_mm
+def rig_px_mm(rig: Any) -> float:
+    """A rig's scale, mm per pixel at the object (the median over its views): what training
+    records (:func:`~mvxray.detectors2d.train.collect_views`) and inference resamples views to
+    (:func:`predict_sample`)."""
+    return float(rig.object_pixel_mm.median())
 
 
 def rescale_views(images: torch.Tensor, factor: float) -> torch.Tensor:

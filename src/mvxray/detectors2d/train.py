@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mvxray.detectors2d.augment import BLUR_PX, photometric, random_crop, random_flip_rotate
-from mvxray.detectors2d.base import SCALE_TOLERANCE, rescale_views, scale_factor
+from mvxray.detectors2d.base import SCALE_TOLERANCE, rescale_views, rig_px_mm
 from mvxray.distributed import (
     any_process,
     average_gradients,
@@ -144,17 +144,18 @@ def collect_views(
     Raises:
         ValueError: the dataset is empty.
     """
-    images, boxes, rigs = [], [], []
+    images, boxes, scales = [], [], []
     for sample in dataset:
+        scale = rig_px_mm(sample.rig)
         for v in range(sample.images.shape[0]):
             images.append(sample.images[v, :1].float().cpu())
             boxes.append(sample.boxes2d[v][sample.visible2d[v].bool()].float().cpu().reshape(-1, 4))
-            rigs.append(sample.rig)
+            scales.append(scale)
     if not images:
         raise ValueError("training set is empty: no views to train on")
-    target = object_px_mm or float(torch.tensor([scale_factor(r, 1.0) for r in rigs]).median())
-    for i, rig in enumerate(rigs):
-        factor = scale_factor(rig, target)
+    target = object_px_mm or float(torch.tensor(scales).median())
+    for i, scale in enumerate(scales):
+        factor = scale / target
         if abs(factor - 1.0) > SCALE_TOLERANCE:
             H, W = images[i].shape[-2:]
             images[i] = rescale_views(images[i], factor)
