@@ -85,6 +85,22 @@ def test_runner_runs_cells_and_resumes(tmp_path: Path) -> None:
     assert len(read_results(out / "results.jsonl")) == 2
 
 
+def test_new_detector_weights_retrain_the_lifters_on_them(tmp_path: Path) -> None:
+    """Cells and trained lifters are keyed by the detector file's contents, not only its name."""
+    from mvxray.detectors2d import build
+
+    data = _tiny_dataset(tmp_path / "data")
+    weights = tmp_path / "det.pt"
+    build("oracle", fp_per_image=1.0, seed=0).save(weights)
+    grid = GridConfig(detectors=(str(weights),), lifters=("voting_fpr",), views=(6,))
+    out = tmp_path / "bench"
+    assert len(Runner(grid, out, data=data, progress=False).run()) == 1
+    assert len(Runner(grid, out, data=data, progress=False).run()) == 0  # same weights: resumed
+    build("oracle", fp_per_image=3.0, seed=1).save(weights)  # retrained under the same name
+    assert len(Runner(grid, out, data=data, progress=False).run()) == 1
+    assert len(list((out / "models").glob("lift-voting_fpr-*.pt"))) == 2
+
+
 def test_grid_from_toml_and_errors(tmp_path: Path) -> None:
     f = tmp_path / "grid.toml"
     f.write_text(

@@ -1,7 +1,7 @@
 """The ablation runner behind ``mvxray bench``: detectors × lifters × views × size × augmentation.
 
-Each cell trains what it needs (cached by a hash of its config under ``out/models``), evaluates on
-the held-out split and appends one JSON line to ``out/results.jsonl``. A rerun skips finished
+Each cell trains what it needs (cached by a hash of its config, and of the weights of a given
+detector, under ``out/models``), evaluates on the held-out split and appends one JSON line to ``out/results.jsonl``. A rerun skips finished
 cells, so a killed run loses at most the cell in progress. ``results.md`` and the plots are
 rebuilt from ``results.jsonl`` after every cell (:mod:`mvxray.benchmarks.report`).
 """
@@ -131,6 +131,16 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()[:12] if path.is_file() else "missing"
 
 
+def _detector_weights(name: str) -> str | None:
+    """Digest of the weights behind a detector spec, None for one the runner builds by name.
+
+    Part of every key that depends on the detector (its cells, the lifters trained on its
+    output), so retraining ``demo`` or overwriting a weights file retrains and re-scores them.
+    """
+    weights = _detector_file(name)
+    return _file_digest(weights) if weights is not None else None
+
+
 def view_subset(total: int, v: int) -> list[int]:
     """``v`` view indices spread evenly over ``total`` views.
 
@@ -251,6 +261,7 @@ class Runner:
                 "lift": name,
                 "opts": opts,
                 "det": cell["detector"],
+                "weights": _detector_weights(cell["detector"]),
                 "data": str(root),
                 "aug": cell["augment"],
                 "minutes": self.grid.train_minutes,
@@ -332,7 +343,6 @@ class Runner:
     def cell_key(self, cell: Mapping[str, Any]) -> str:
         """Stable identity of a cell (config + data + options + the weights of a given detector)."""
         g = self.grid
-        weights = _detector_file(cell["detector"])
         return _hash(
             {
                 **cell,
@@ -340,7 +350,7 @@ class Runner:
                 "det_opts": g.detector_options.get(cell["detector"], {}),
                 "lift_opts": g.lifter_options.get(cell["lifter"], {}),
                 "minutes": g.train_minutes,
-                "weights": _file_digest(weights) if weights is not None else None,
+                "weights": _detector_weights(cell["detector"]),
             }
         )
 
