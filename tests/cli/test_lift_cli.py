@@ -202,7 +202,7 @@ def test_train3d_rayemb_then_lift(dataset: Path, tmp_path: Path) -> None:
     assert json.loads((out / "case2.json").read_text())["lifter"] == "rayemb"
 
 
-def test_train3d_voting_fpr_then_lift(dataset: Path, tmp_path: Path) -> None:
+def test_train3d_voting_fpr_then_lift(dataset: Path, tmp_path: Path, capsys) -> None:
     model_dir, out = tmp_path / "fpr", tmp_path / "pred"
     argv = ["train-3d", "--data", str(dataset), "--detector", "oracle", "--lifter", "voting_fpr"]
     argv += ["--device", "cpu"]  # --device is every trainable lifter's flag, not only mv2d's
@@ -219,6 +219,9 @@ def test_train3d_voting_fpr_then_lift(dataset: Path, tmp_path: Path) -> None:
     t = torch.tensor(truth, dtype=torch.float64)
     dist = torch.cdist((t[:, :3] + t[:, 3:]) / 2, (top2[:, :3] + top2[:, 3:]) / 2).min(1).values
     assert float(dist.max()) < 2.0  # the oracle's two boxes are the two best candidates
+    other = [*argv, "--detector-opt", "fp_per_image=2.0"]  # another detector's output
+    assert main(other) == 1
+    assert "fitted on the output of detector oracle:" in capsys.readouterr().err
 
 
 def test_train3d_joint_shares_the_backbone_then_lifts(

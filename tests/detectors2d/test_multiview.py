@@ -8,11 +8,12 @@ import torch
 from mvxray.datasets.base import MultiViewSample
 from mvxray.detectors2d import HeatmapDetector, predict_sample
 from mvxray.detectors2d import build as build_detector
-from mvxray.detectors2d.base import Detections2D
+from mvxray.detectors2d.base import Detections2D, detector_id
 from mvxray.detectors2d.multiview import MultiViewDetector, rescoring_lifter
 from mvxray.detectors2d.oracle import OracleDetector
 from mvxray.geometry import Rig, box3d_from_center_size, box_iou_2d, project_boxes3d
 from mvxray.lifting import build
+from mvxray.lifting.fpr import FPRVotingLifter
 
 from ..lifting.conftest import StoredDetector, make_scene
 
@@ -153,3 +154,30 @@ def test_a_fitted_rescoring_lifter_ranks_the_base_detectors_clutter_down() -> No
 def test_fit_lifter_refuses_a_lifter_that_does_not_learn() -> None:
     with pytest.raises(TypeError, match="voting_fpr"):
         MultiViewDetector(OracleDetector()).fit_lifter([_scene()])
+
+
+def test_detector_id_follows_the_weights_not_the_output_thresholds(tmp_path) -> None:
+    det = HeatmapDetector(widths=(4, 8))
+    det.save(tmp_path / "det.pt")
+    same = HeatmapDetector.load(tmp_path / "det.pt")
+    assert detector_id(same) == detector_id(det)
+    assert detector_id(MultiViewDetector(det)._relaxed_base()) == detector_id(det)  # 1e-3
+    with torch.no_grad():
+        next(same.model.parameters()).view(-1)[0] += 1e-3  # one weight of one layer
+    assert detector_id(same) != detector_id(det)
+    assert detector_id(HeatmapDetector(widths=(4, 8), tta=not det.config.tta)) != detector_id(det)
+
+
+def test_a_rescorer_fitted_on_one_detector_refuses_another(tmp_path) -> None:
+    scenes = _clutter_scenes(3)
+    stored = StoredDetector({s.case_id: d for s, d in scenes})
+    mv = MultiViewDetector(stored, rescoring_lifter(region_mm=(-40.0,) * 3 + (40.0,) * 3))
+    mv.fit_lifter([s for s, _ in scenes])
+    mv.lifter.save(tmp_path / "rescorer.pt")
+    again = FPRVotingLifter.load(tmp_path / "rescorer.pt")
+    assert again.detector_id == mv.lifter.detector_id == detector_id(stored)
+    MultiViewDetector(stored, again)  # the detector it was fitted on
+    with pytest.raises(
+        ValueError, match=r"fitted on the output of detector stored:.*given oracle:"
+    ):
+        MultiViewDetector(OracleDetector(), again)

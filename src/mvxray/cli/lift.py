@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         lifter = lifting.build(args.lifter, **parse_options(args.opt))
     detector = resolve_detector(args.detector, parse_options(args.detector_opt))
+    check = getattr(lifter, "check_detector", None)  # voting_fpr: fitted on this detector?
+    if callable(check):
+        check(detector)
     ds = MultiViewDataset(args.data, args.split)
     preds, gts = [], []
     for i in tqdm(range(len(ds)), desc=f"lift {args.lifter}", disable=args.no_progress):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -163,3 +166,33 @@ def predict_rescaled(
             )[0, 0]
         out.append(Detections2D(d.boxes * back, d.scores, d.labels, heat))
     return out
+
+
+#: Config fields that only filter a detector's output; ``MultiViewDetector`` lowers them.
+_THRESHOLDS = frozenset({"score_thresh", "detections_per_img"})
+
+
+def detector_id(detector: Any) -> str:
+    """``name:digest`` of what a detector computes: its name, its weights and its config but
+    the output thresholds (``score_thresh``, ``detections_per_img``). A model fitted on a
+    detector's output (the ``voting_fpr`` re-scorer) records it, so it is never silently used
+    with another detector.
+
+    Example:
+        >>> from mvxray.detectors2d.oracle import OracleConfig, OracleDetector
+        >>> a, b = OracleDetector(), OracleDetector(OracleConfig(fp_per_image=1.0))
+        >>> detector_id(a) == detector_id(OracleDetector()), detector_id(a) == detector_id(b)
+        (True, False)
+    """
+    name = getattr(detector, "name", type(detector).__name__)
+    h = hashlib.sha1(name.encode())
+    cfg = getattr(detector, "config", None)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _THRESHOLDS}
+        h.update(json.dumps(kept, sort_keys=True, default=str).encode())
+    model = getattr(detector, "model", None)
+    if isinstance(model, torch.nn.Module):
+        for key, t in model.state_dict().items():
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{name}:{h.hexdigest()[:12]}"

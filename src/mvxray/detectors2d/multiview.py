@@ -87,6 +87,9 @@ class MultiViewDetector:
         self.name = f"{getattr(base, 'name', type(base).__name__)}+multiview"
         self.base, self.lifter = base, lifter
         self.base_score_thresh, self.base_max_boxes = base_score_thresh, base_max_boxes
+        check = getattr(lifter, "check_detector", None)  # a re-scorer fitted on another one
+        if callable(check):
+            check(self._relaxed_base())
 
     def predict(self, images: torch.Tensor) -> list[Detections2D]:
         """Not available: multi-view consistency needs the rig of the views."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvxray.datasets.base import MultiViewSample
-from mvxray.detectors2d.base import Detections2D, predict_sample
+from mvxray.detectors2d.base import Detections2D, detector_id, predict_sample
 from mvxray.geometry import pixels_to_grid, project_points, visible_mask
 from mvxray.lifting.base import Lifted3D
 from mvxray.lifting.patches import JITTER_PX, PatchScorer, augment, candidate_patches, centre
@@ -217,6 +217,8 @@ class FPRVotingLifter(VotingLifter):
         super().__init__(config.voting)
         self.model = self._new_model()
         self.fitted = False
+        #: :func:`~mvxray.detectors2d.base.detector_id` of the detector it was fitted on.
+        self.detector_id: str | None = None
 
     def _new_model(self) -> nn.Module:
         if self.fpr.patch_px:
@@ -292,6 +294,7 @@ class FPRVotingLifter(VotingLifter):
             model.std.copy_(x.std(0).clamp(min=1e-6))
             loss = self._train(model, x, patches, seen, y, pos_weight, progress)
         self.model, self.fitted = model.eval(), True
+        self.detector_id = detector_id(detector)
         out = {"loss": loss, "candidates": float(len(y)), "positives": float(y.sum())}
         xv, pv, sv, yv = self._dataset(val or [], detector, progress)
         if len(yv):
@@ -367,7 +370,12 @@ class FPRVotingLifter(VotingLifter):
         if not self.fitted:
             raise RuntimeError("FPRVotingLifter.save: not fitted; call fit first")
         atomic_torch_save(
-            {"lifter": self.name, "config": asdict(self.fpr), "state": self.model.state_dict()},
+            {
+                "lifter": self.name,
+                "config": asdict(self.fpr),
+                "state": self.model.state_dict(),
+                "detector": self.detector_id,
+            },
             path,
         )
 
@@ -387,7 +395,23 @@ class FPRVotingLifter(VotingLifter):
         lifter.model.load_state_dict(doc["state"])
         lifter.model.eval()
         lifter.fitted = True
+        lifter.detector_id = doc.get("detector")  # None in files saved before it was recorded
         return lifter
+
+    def check_detector(self, detector: Any) -> None:
+        """Refuse a detector other than the one this lifter was fitted on: it learned that
+        detector's clutter, and another one's scores and boxes mean something else.
+
+        Raises:
+            ValueError: fitted on another detector's output.
+        """
+        found = detector_id(detector)
+        if self.detector_id is not None and found != self.detector_id:
+            raise ValueError(
+                f"{self.name}: fitted on the output of detector {self.detector_id}, given "
+                f"{found}; fit it on this detector's output (mvxray train-3d --lifter "
+                "voting_fpr, or mvxray detect --multiview --rescore DATA)"
+            )
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:
