@@ -1,9 +1,10 @@
 """The ablation runner behind ``mvxray bench``: detectors × lifters × views × size × augmentation.
 
 Each cell trains what it needs (cached by a hash of its config, and of the weights of a given
-detector, under ``out/models``), evaluates on the held-out split and appends one JSON line to ``out/results.jsonl``. A rerun skips finished
-cells, so a killed run loses at most the cell in progress. ``results.md`` and the plots are
-rebuilt from ``results.jsonl`` after every cell (:mod:`mvxray.benchmarks.report`).
+detector, under ``out/models``), evaluates on the held-out split and appends one JSON line to
+``out/results.jsonl``. A rerun skips finished cells, so a killed run loses at most the cell in
+progress. ``results.md`` and the plots are rebuilt from ``results.jsonl`` after every cell
+(:mod:`mvxray.benchmarks.report`).
 """
 
 from __future__ import annotations
