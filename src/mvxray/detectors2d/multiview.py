@@ -89,7 +89,7 @@ class MultiViewDetector:
         self.base_score_thresh, self.base_max_boxes = base_score_thresh, base_max_boxes
         check = getattr(lifter, "check_detector", None)  # a re-scorer fitted on another one
         if callable(check):
-            check(self._relaxed_base())
+            check(base)  # detector_id ignores the thresholds _relaxed_base lowers
 
     def predict(self, images: torch.Tensor) -> list[Detections2D]:
         """Not available: multi-view consistency needs the rig of the views."""
