@@ -39,9 +39,9 @@ def rescoring_lifter(**overrides: Any) -> Any:
     candidate, pooled over the views, with the vote's features (until fitted it scores like the
     vote).
 
-    Measured on the 30 independent test cases (docs/detectors.md, "Re-scoring the vote"): the
-    features alone (a logistic regression) helped Faster R-CNN made multi-view and hurt YOLO;
-    with the patches both gained.
+    Measured on the 30 independent test cases (docs/detector-benchmarks.md, "Re-scoring the
+    vote"): the features alone (a logistic regression) helped Faster R-CNN made multi-view and
+    hurt YOLO; with the patches both gained.
     """
     from mvxray.lifting import build
 
