@@ -101,3 +101,12 @@ def test_tta_makes_the_heatmap_equivariant_to_quarter_turns() -> None:
         heat(det, wide),
         atol=1e-5,
     )
+
+
+def test_widths_that_group_norm_cannot_split_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"multiple of 8.*\[12, 20\]"):
+        detectors2d.build("heatmap", widths=(12, 16, 20))
+    with pytest.raises(ValueError, match=">= 2 positive widths"):
+        detectors2d.build("heatmap", widths=(16,))
+    net = detectors2d.build("heatmap", widths=(4, 8, 24)).model
+    assert net(torch.zeros(1, 3, 32, 32))[0].shape == (1, 1, 32, 32)

@@ -72,16 +72,27 @@ class HeatmapConfig:
             raise ValueError(
                 f"HeatmapConfig.widths: expected >= 2 positive widths, found {self.widths}"
             )
+        odd = [w for w in self.widths if w % _groups(w)]
+        if odd:
+            raise ValueError(
+                f"HeatmapConfig.widths: each must be below 8 or a multiple of 8 (GroupNorm's "
+                f"8 groups), found {odd} in {self.widths}"
+            )
         check_input_resize(self)
+
+
+def _groups(width: int) -> int:
+    """GroupNorm's groups for a level of ``width`` channels."""
+    return min(8, width)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-        nn.GroupNorm(min(8, cout), cout),
+        nn.GroupNorm(_groups(cout), cout),
         nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-        nn.GroupNorm(min(8, cout), cout),
+        nn.GroupNorm(_groups(cout), cout),
         nn.ReLU(inplace=True),
     )
 
