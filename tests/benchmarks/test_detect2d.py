@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mvxray.benchmarks.detect2d import main
+from mvxray import detectors2d
+from mvxray.benchmarks.detect2d import main, split_options
 
 
 def test_detect2d_script_scores_plain_multiview_and_rescored_rows(
@@ -46,15 +47,41 @@ def test_detect2d_trains_on_two_processes(
     two_case_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    argv = ["--data", str(two_case_dataset), "--detectors", "heatmap", "--minutes", "0.05"]
+    argv = ["--data", str(two_case_dataset), "--detectors", "heatmap", "--minutes", "0.5"]
+    # A config field and a training option replace the preset's in both processes.
+    argv += ["--option", "heatmap.widths=[8,16]", "--option", "heatmap.max_iters=2"]
     assert main([*argv, "--procs", "2", "--out", str(out), "--no-progress"]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert doc["procs"] == 2
+    assert doc["options"] == {"heatmap.widths": [8, 16], "heatmap.max_iters": 2}
     (row,) = doc["results"]
     # Trained by two processes together; the model rank 0 wrote was loaded and scored.
     fit = json.loads((out / "heatmap" / "fit.json").read_text())
-    assert fit["processes"] == 2.0 and fit["iterations"] >= 1
+    assert fit["processes"] == 2.0 and fit["iterations"] == 2
+    assert detectors2d.load(out / "heatmap" / "model.pt").config.widths == (8, 16)
     assert row["n_images"] == 5 and row["n_gt"] == 10
+
+
+def test_options_go_to_the_config_or_the_training_by_field() -> None:
+    got = split_options({"heatmap.widths": [8, 16], "heatmap.lr": 1e-3, "yolo.model": "x.yaml"})
+    assert got == {
+        "heatmap": ({"widths": [8, 16]}, {"lr": 1e-3}),
+        "yolo": ({"model": "x.yaml"}, {}),
+    }
+    with pytest.raises(ValueError, match="'widht' is neither a heatmap config field"):
+        split_options({"heatmap.widht": [8]})
+    with pytest.raises(ValueError, match=r"expected NAME\.KEY with NAME one of"):
+        split_options({"widths": [8]})
+    with pytest.raises(ValueError, match="NAME one of"):
+        split_options({"oracle.jitter_px": 1})  # not trained by the benchmark
+
+
+def test_detect2d_rejects_a_misspelt_option(
+    two_case_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--data", str(two_case_dataset), "--option", "heatmap.widht=[8]"])
+    assert "'widht' is neither a heatmap config field" in capsys.readouterr().err
 
 
 def test_detect2d_rejects_zero_processes(

@@ -9,12 +9,15 @@ time. Prints a table and, last, one JSON line.
 train, their ``test`` splits are scored — or every case of ``--test DIR``, an independent set.
 ``--procs N`` trains each learned detector data-parallel on N processes (as ``torchrun`` does),
 the ``--threads`` split among them; each process trains on its own batch, so a step sees N times
-as many crops.
+as many crops. ``--option NAME.KEY=VALUE`` (repeatable) changes one option of detector ``NAME``'s
+preset: a field of its config class (``heatmap.widths=[8,16,32,64,128]``) or of
+:class:`~mvxray.detectors2d.train.TrainConfig` (``heatmap.crops_per_view=4``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import time
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 
 from mvxray.benchmarks.metrics2d import FPPI_POINTS, DetectionEvaluator
+from mvxray.cli.lift import parse_options
 from mvxray.detectors2d.base import predict_sample
 
 #: Detector options used by the benchmark (and the shipped demo detector): CPU-sized models
@@ -164,22 +168,57 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def split_options(options: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """``{"NAME.KEY": value}`` → per detector ``(config options, training options)``.
+
+    A key goes to the detector when it is a field of ``NAME``'s config class, to training when it
+    is one of :class:`~mvxray.detectors2d.train.TrainConfig`.
+
+    Raises:
+        ValueError: no ``NAME.`` prefix, a detector the benchmark does not train, or a key of
+            neither class (the two classes' fields are listed).
+    """
+    from mvxray.detectors2d import DETECTORS
+    from mvxray.detectors2d.train import TrainConfig
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for item, value in options.items():
+        name, _, key = item.partition(".")
+        if not key or name not in BENCH_TRAINING:
+            raise ValueError(
+                f"option {item!r}: expected NAME.KEY with NAME one of {sorted(BENCH_TRAINING)}"
+            )
+        det_fields = {f.name for f in dataclasses.fields(DETECTORS[name].config_class)}
+        det_opts, train_opts = out.setdefault(name, ({}, {}))
+        if key in det_fields:
+            det_opts[key] = value
+        elif key in train_fields:
+            train_opts[key] = value
+        else:
+            raise ValueError(
+                f"option {item!r}: {key!r} is neither a {name} config field "
+                f"{sorted(det_fields)} nor a training option {sorted(train_fields)}"
+            )
+    return out
+
+
 def _train(
-    name: str, train: list[Any], out: Path, minutes: float, seed: int, progress: bool
+    name: str,
+    train: list[Any],
+    out: Path,
+    minutes: float,
+    seed: int,
+    progress: bool,
+    options: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
 ) -> tuple[Any, dict[str, float]]:
-    """Train the benchmark's ``name`` detector on ``train`` within ``minutes``: (detector, fit)."""
+    """Train the benchmark's ``name`` detector on ``train`` within ``minutes``: (detector, fit);
+    ``options``: (config, training) options replacing the preset's."""
     from mvxray import detectors2d
 
-    det = detectors2d.build(name, **BENCH_DETECTORS[name])
-    fit = det.fit(
-        train,
-        out=out / name,
-        max_minutes=minutes,
-        max_iters=10**9,
-        seed=seed,
-        progress=progress,
-        **BENCH_TRAINING[name],
-    )
+    det = detectors2d.build(name, **(BENCH_DETECTORS[name] | options[0]))
+    budget = {"max_minutes": minutes, "max_iters": 10**9, "seed": seed, "progress": progress}
+    fit = det.fit(train, out=out / name, **(budget | BENCH_TRAINING[name] | options[1]))
     return det, fit
 
 
@@ -191,6 +230,7 @@ def _train_process(
     seed: int,
     progress: bool,
     threads: int,
+    options: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
     """One process of a data-parallel :func:`_train`; rank 0 writes ``fit.json`` by the model."""
     from mvxray.datasets.torchdata import MultiViewDataset
@@ -199,7 +239,7 @@ def _train_process(
 
     torch.set_num_threads(threads)
     train = [s for d in datasets for s in MultiViewDataset(d, "train")]
-    _, fit = _train(name, train, out, minutes, seed, progress)
+    _, fit = _train(name, train, out, minutes, seed, progress, options)
     if init_from_env().is_main:
         atomic_write_text(out / name / "fit.json", json.dumps(fit))
 
@@ -215,6 +255,7 @@ def run(
     test: Path | None = None,
     rescore: bool = False,
     processes: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train (within ``minutes`` each) and evaluate ``detectors``; rows of results.
 
@@ -225,13 +266,15 @@ def run(
     ``<name>+multiview+fpr`` row, its vote re-scored by a classifier fitted on the train split
     (:func:`~mvxray.detectors2d.multiview.rescoring_lifter`; ``train_s`` is that fit's time).
     With ``processes`` > 1 the learned detectors train data-parallel on that many processes
-    (:func:`mvxray.distributed.spawn`), this process's threads split among them.
+    (:func:`mvxray.distributed.spawn`), this process's threads split among them. ``options``
+    (``{"NAME.KEY": value}``, :func:`split_options`) change the presets of the trained detectors.
     """
     from mvxray import detectors2d, distributed
     from mvxray.datasets.torchdata import MultiViewDataset
     from mvxray.detectors2d.multiview import MultiViewDetector, rescoring_lifter
 
     datasets = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    per_detector = split_options(options or {})
 
     # Loaded on first use: a data-parallel run's processes load their own copy.
     @functools.cache
@@ -249,12 +292,14 @@ def run(
             det, fit = detectors2d.load_demo_detector(), {}
         elif name in BENCH_TRAINING and processes > 1:
             threads = max(1, torch.get_num_threads() // processes)
-            args = (name, datasets, out, minutes, seed, progress, threads)
+            opts = per_detector.get(name, ({}, {}))
+            args = (name, datasets, out, minutes, seed, progress, threads, opts)
             distributed.spawn(_train_process, processes, *args)
             det = detectors2d.load(out / name / "model.pt")
             fit = json.loads((out / name / "fit.json").read_text())
         elif name in BENCH_TRAINING:
-            det, fit = _train(name, train_list(), out, minutes, seed, progress)
+            opts = per_detector.get(name, ({}, {}))
+            det, fit = _train(name, train_list(), out, minutes, seed, progress, opts)
         else:
             det = detectors2d.build(name, **BENCH_DETECTORS.get(name, {}))
             fit = det.fit(train_list())
@@ -327,11 +372,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads split among them",
     )
     parser.add_argument("--out", type=Path, help="output folder (default: in the cache)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="change a trained detector's preset: a config field (heatmap.widths=[8,16,32]) or "
+        "a training option (heatmap.crops_per_view=4); JSON values; repeatable",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.procs < 1:
         parser.error(f"--procs must be >= 1, found {args.procs}")
+    try:
+        options = parse_options(args.option)
+        split_options(options)
+    except ValueError as e:
+        parser.error(str(e))
 
     from mvxray.paths import cache_dir
 
@@ -349,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.test,
         args.rescore,
         args.procs,
+        options,
     )
     print(_table(rows))
     summary = {
@@ -358,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "minutes": args.minutes,
         "threads": args.threads,
         "procs": args.procs,
+        "options": options,
         "results": [{k: v for k, v in r.items() if k != "fit"} for r in rows],
     }
     print(json.dumps(summary))
