@@ -68,6 +68,8 @@ def test_options_go_to_the_config_or_the_training_by_field() -> None:
         "heatmap": ({"widths": [8, 16]}, {"lr": 1e-3}),
         "yolo": ({"model": "x.yaml"}, {}),
     }
+    # A field of both (inference views per pass, training crops per step) sets both.
+    assert split_options({"yolo.batch_size": 4}) == {"yolo": ({"batch_size": 4}, {"batch_size": 4})}
     with pytest.raises(ValueError, match="'widht' is neither a heatmap config field"):
         split_options({"heatmap.widht": [8]})
     with pytest.raises(ValueError, match=r"expected NAME\.KEY with NAME one of"):

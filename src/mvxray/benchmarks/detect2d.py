@@ -172,7 +172,8 @@ def split_options(options: dict[str, Any]) -> dict[str, tuple[dict[str, Any], di
     """``{"NAME.KEY": value}`` → per detector ``(config options, training options)``.
 
     A key goes to the detector when it is a field of ``NAME``'s config class, to training when it
-    is one of :class:`~mvxray.detectors2d.train.TrainConfig`.
+    is one of :class:`~mvxray.detectors2d.train.TrainConfig`, to both when it is both
+    (``batch_size``: views per forward pass at inference, crops per step in training).
 
     Raises:
         ValueError: no ``NAME.`` prefix, a detector the benchmark does not train, or a key of
@@ -193,9 +194,9 @@ def split_options(options: dict[str, Any]) -> dict[str, tuple[dict[str, Any], di
         det_opts, train_opts = out.setdefault(name, ({}, {}))
         if key in det_fields:
             det_opts[key] = value
-        elif key in train_fields:
+        if key in train_fields:
             train_opts[key] = value
-        else:
+        if key not in det_fields | train_fields:
             raise ValueError(
                 f"option {item!r}: {key!r} is neither a {name} config field "
                 f"{sorted(det_fields)} nor a training option {sorted(train_fields)}"
