@@ -232,3 +232,11 @@ def test_train_2d_rejects_procs_for_a_training_free_detector(tiny_dataset, tmp_p
     )
     assert main([*argv[:3], "--detector", "heatmap", "--out", str(tmp_path), "--procs", "0"]) == 1
     assert "--procs: expected >= 1, found 0" in capsys.readouterr().err
+
+
+def test_train_2d_refuses_an_option_without_a_value(tiny_dataset, tmp_path, capsys):
+    argv = ["train-2d", "--data", str(tiny_dataset), "--detector", "heatmap"]
+    with pytest.raises(SystemExit):  # an argparse usage error, before anything is built
+        main([*argv, "--option", "widths", "--out", str(tmp_path / "o")])
+    assert "option 'widths': expected key=value" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

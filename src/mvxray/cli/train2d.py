@@ -8,16 +8,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mvxray.cli.lift import parse_options
+
 
 def _option(text: str) -> tuple[str, Any]:
-    """``key=value`` with a JSON value (``strides=[4,8,16]``), else the string."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, found {text!r}")
-    key, value = text.split("=", 1)
+    """``key=value`` with a JSON value (``strides=[4,8,16]``), else the string: an argparse type,
+    so a malformed option is a usage error."""
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+        ((key, value),) = parse_options([text]).items()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return key, value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
