@@ -211,7 +211,7 @@ def _train(
     minutes: float,
     seed: int,
     progress: bool,
-    options: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
+    options: tuple[dict[str, Any], dict[str, Any]],
 ) -> tuple[Any, dict[str, float]]:
     """Train the benchmark's ``name`` detector on ``train`` within ``minutes``: (detector, fit);
     ``options``: (config, training) options replacing the preset's."""
@@ -289,17 +289,16 @@ def run(
     rows = []
     for name in detectors:
         t = time.monotonic()
+        opts = per_detector.get(name, ({}, {}))
         if name == "demo":
             det, fit = detectors2d.load_demo_detector(), {}
         elif name in BENCH_TRAINING and processes > 1:
             threads = max(1, torch.get_num_threads() // processes)
-            opts = per_detector.get(name, ({}, {}))
             args = (name, datasets, out, minutes, seed, progress, threads, opts)
             distributed.spawn(_train_process, processes, *args)
             det = detectors2d.load(out / name / "model.pt")
             fit = json.loads((out / name / "fit.json").read_text())
         elif name in BENCH_TRAINING:
-            opts = per_detector.get(name, ({}, {}))
             det, fit = _train(name, train_list(), out, minutes, seed, progress, opts)
         else:
             det = detectors2d.build(name, **BENCH_DETECTORS.get(name, {}))
