@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 import subprocess
 import sys
 
@@ -20,6 +22,48 @@ def test_help_lists_every_available_command(capsys: pytest.CaptureFixture[str]) 
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in sub.choices:  # type: ignore[union-attr]
         assert name in out
+
+
+_COMMANDS = sorted(next(a for a in build_parser()._actions if a.dest == "command").choices)
+_SCRIPTS = [f"mvxray.benchmarks.{m}" for m in ("detect2d", "geometry", "lift3d", "registration")]
+_SCRIPTS += ["mvxray.benchmarks.render", "mvxray.benchmarks.train_step"]
+_SCRIPTS += ["mvxray.detectors2d.train_demo"]
+
+
+def _assert_defaults_once(main_fn, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main_fn([*argv, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "usage:" in text
+    assert "(default: None)" not in text
+    # an option whose help says its default gets no second, generated one
+    assert not re.search(r"default:[^()]*\) \(default:", text), text
+
+
+@pytest.mark.parametrize("command", _COMMANDS)
+def test_command_help_states_each_default_once(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _assert_defaults_once(main, [command], capsys)
+
+
+def test_every_command_option_has_help() -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    missing = [
+        f"{name} {a.option_strings[0]}"
+        for name, parser in sub.choices.items()  # type: ignore[union-attr]
+        for a in parser._actions
+        if a.option_strings and not a.help
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("module", _SCRIPTS)
+def test_script_help_states_each_default_once(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _assert_defaults_once(importlib.import_module(module).main, [], capsys)
 
 
 def test_info_prints_versions_device_and_cache(

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from mvxray.benchmarks.metrics2d import FPPI_POINTS, DetectionEvaluator
+from mvxray.cli import HelpFormatter
 from mvxray.cli.lift import parse_options
 from mvxray.detectors2d.base import predict_sample
 
@@ -331,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mvxray.benchmarks.detect2d",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--data",
@@ -380,8 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="change a trained detector's preset: a config field (heatmap.widths=[8,16,32]) or "
         "a training option (heatmap.crops_per_view=4); JSON values; repeatable",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.procs < 1:
         parser.error(f"--procs must be >= 1, found {args.procs}")

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from mvxray.cli import HelpFormatter
+
 
 def _best_time(fn: Callable[[], object], repeats: int, clock: Callable[[], float]) -> float:
     """Best of ``repeats`` timings (s) after one warm-up call."""
@@ -42,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mvxray.benchmarks.geometry",
         description="Projection and reprojection-IoU speed of mvxray.geometry vs kornia and loops.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--points", type=int, default=1_000_000, help="points to project")
     p.add_argument("--views", type=int, default=10, help="views of the seed-like rig")

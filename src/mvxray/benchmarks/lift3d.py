@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from mvxray.benchmarks.metrics3d import evaluate_3d, per_nodule_table
+from mvxray.cli import HelpFormatter
 from mvxray.detectors2d.base import Detections2D
 
 _COLS = (
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mvxray.benchmarks.lift3d",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--data", type=Path, help="an mvxray dataset (default: the chest phantom)")
     parser.add_argument("--cases", type=int, default=24, help="phantom cases (train + test)")
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="output folder (default: in the cache)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     from mvxray.benchmarks.detect2d import chest_dataset

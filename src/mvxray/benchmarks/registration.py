@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from mvxray.cli import HelpFormatter
 from mvxray.io import atomic_write_json
 
 
@@ -29,20 +30,20 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mvxray.benchmarks.registration",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--size", type=int, default=128, help="image size, px")
     p.add_argument("--coarse-mm", type=float, default=2.5, help="voxel of the template CT, mm")
     p.add_argument("--bank-reps", type=int, default=12, help="perturbed copies per seed view")
     p.add_argument("--train-minutes", type=float, default=15.0, help="training budget each")
-    p.add_argument("--queries-per-view", type=int, default=1)
+    p.add_argument("--queries-per-view", type=int, default=1, help="perturbed poses per view")
     p.add_argument("--query-seed", type=int, default=2, help="seed of the query poses")
     p.add_argument("--limit", type=int, default=None, help="use only the first N queries")
-    p.add_argument("--max-rot-deg", type=float, default=10.0)
-    p.add_argument("--max-trans-mm", type=float, default=20.0)
+    p.add_argument("--max-rot-deg", type=float, default=10.0, help="largest perturbation, deg")
+    p.add_argument("--max-trans-mm", type=float, default=20.0, help="largest shift, mm")
     p.add_argument("--model", type=Path, default=None, help="trained RayEmb model (.pt)")
     p.add_argument("--fixed-model", type=Path, default=None, help="trained fixed-landmark model")
-    p.add_argument("--intensity-iters", type=int, default=60)
+    p.add_argument("--intensity-iters", type=int, default=60, help="intensity-only iterations")
     p.add_argument("--finetune-minutes", type=float, default=0.0, help="keep training --model")
     p.add_argument("--passes", type=int, default=3, help="RayEmb registration passes")
     p.add_argument("--landmarks", type=int, default=400, help="RayEmb 3D landmarks sampled")
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", nargs="*", default=[], help="methods to skip")
     p.add_argument("--refine", action="store_true", help="also RayEmb + intensity refinement")
     p.add_argument("--out", type=Path, default=None, help="write results JSON here")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument(
         "--lifter-cases",
         type=int,

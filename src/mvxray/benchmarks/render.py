@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from mvxray.cli import HelpFormatter
+
 BACKEND_ORDER = ("nanodrr", "diffdrr", "diffdrr_trilinear")
 
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m mvxray.benchmarks.render",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--quick",

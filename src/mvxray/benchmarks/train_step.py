@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from mvxray.cli import HelpFormatter
 from mvxray.datasets.base import MultiViewSample
 from mvxray.geometry import Rig
 
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m mvxray.benchmarks.train_step",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--detectors", default="yolo,faster_rcnn,heatmap", help="comma-separated")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")

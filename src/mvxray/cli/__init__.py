@@ -24,6 +24,18 @@ COMMANDS = (
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter without its two kinds of noise: ``(default: None)``, and a
+    second default after a help that states its own (``--out``'s "default: in the cache")."""
+
+    # argparse's public hook for this is the formatter class; the per-option decision is its
+    # _get_help_string, which ArgumentDefaultsHelpFormatter itself overrides the same way.
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line (no traceback unless ``--debug``)."""
 
@@ -33,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mvxray",
         description="Find and localize small 3D indications from several calibrated X-ray views.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mvxray.cli import HelpFormatter
+
 
 def _csv(kind: type) -> object:
     def parse(text: str) -> tuple:
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="run an ablation grid and write results.jsonl, results.md and plots",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--grid", default="small", help="a ready grid name or a TOML file")
     p.add_argument(

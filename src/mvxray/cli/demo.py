@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mvxray.cli import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="render, detect, lift and report the 3D error in mm on the embedded data",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--phantom", default="chest", choices=["chest", "casting"], help="embedded data")
     p.add_argument("--cases", type=int, default=3, help="held-out cases to render and evaluate")

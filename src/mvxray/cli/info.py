@@ -6,12 +6,14 @@ import argparse
 import importlib.metadata as md
 import platform
 
+from mvxray.cli import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="print versions, device and data locations",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.set_defaults(func=run)
 

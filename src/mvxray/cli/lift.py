@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mvxray.cli import HelpFormatter
 from mvxray.io import atomic_write_json
 
 
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lift",
         help="lift 2D detections of every case to 3D boxes (CT mm) with a named lifter",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
     p.add_argument(

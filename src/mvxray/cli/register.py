@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mvxray.cli import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "register",
         help="estimate an X-ray's pose against its CT (RayEmb landmarks + PnP/RANSAC)",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--ct", required=True, help="NIfTI CT in HU, or phantom:chest[:SEED]")
     p.add_argument("--xray", required=True, type=Path, help=".npy X-ray image (H, W)")
@@ -54,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=int, default=3, help="registration passes")
     p.add_argument("--landmarks", type=int, default=400, help="3D landmarks sampled")
     p.add_argument("--refine", action="store_true", help="finish with intensity-based refinement")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the landmark sampling")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mvxray.cli import HelpFormatter
+
 
 def _shard(text: str) -> tuple[int, int]:
     try:
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(NIfTI file or DICOM folder, used as a host for inserted nodules). Atomic per case; "
             "re-running resumes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", required=True, help="dataset folder")
     p.add_argument(

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mvxray.cli import HelpFormatter
 from mvxray.cli.lift import parse_options
 
 
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-2d",
         help="train a 2D detector (faster_rcnn, yolo, heatmap; log_blob calibrates) on a dataset",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder (with dataset.json)")
     p.add_argument(
@@ -86,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="detector config option, e.g. backbone=resnet18_fpn (repeatable)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--procs",

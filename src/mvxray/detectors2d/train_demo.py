@@ -17,6 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mvxray.cli import HelpFormatter
+
 #: File name of the shipped demo detector inside :func:`mvxray.paths.assets_dir`.
 DEMO_DETECTOR = "demo_detector.pt"
 #: Its metrics and provenance (held-out 2D recall / FP, training time, seeds).
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mvxray.detectors2d.train_demo",
         description="Train the demo detector shipped in mvxray/assets/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--detector", default="heatmap", help="a torch detector: heatmap, yolo, ..."
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--blur-px", type=float, help="largest augmentation blur σ, px (default: the loop's)"
     )
     parser.add_argument("--out", type=Path, help="output file (default: the package's assets)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument(
         "--resume",
         action="store_true",
