@@ -68,8 +68,28 @@ def test_train_demo_fine_tunes_a_saved_detector_on_several_datasets(tmp_path, mo
     assert report["training"]["init"] == str(tmp_path / "init.pt")
     assert report["training"]["lr"] == 5e-4
     assert report["training"]["blur_px"] == 0.8
+    assert report["training"]["crops_per_view"] == 1  # the shipped detector's recipe
     assert [d["train_cases"] for d in report["data"]] == [["case_0"], ["case_2", "case_3"]]
     assert [d["test_cases"] for d in report["data"]] == [["case_1"], ["case_4"]]
+
+
+def test_train_demo_from_scratch_uses_the_shipped_recipe_not_the_benchmark_preset(
+    tmp_path, monkeypatch
+):
+    from mvxray.benchmarks.detect2d import BENCH_DETECTORS, BENCH_TRAINING
+
+    monkeypatch.setenv("MVXRAY_CACHE", str(tmp_path / "cache"))
+    data = _tiny_dataset(tmp_path / "a", [0, 1])
+    out = tmp_path / "out" / "det.pt"
+    argv = ["--data", str(data), "--minutes", "0.01", "--threads", "1", "--out", str(out)]
+    assert train_demo.main(argv) == 0
+
+    shipped = json.loads((assets_dir() / train_demo.DEMO_METRICS).read_text())
+    assert load(out).config.widths == tuple(shipped["config"]["widths"]) == (16, 32, 64, 128, 256)
+    assert BENCH_DETECTORS["heatmap"]["widths"] != (16, 32, 64, 128, 256)
+    report = json.loads((out.parent / train_demo.DEMO_METRICS).read_text())
+    assert report["training"]["crops_per_view"] == 1 != BENCH_TRAINING["heatmap"]["crops_per_view"]
+    assert report["training"]["precision"] == "fp32"
 
 
 def test_train_demo_refuses_an_init_of_another_detector(tmp_path, monkeypatch):
