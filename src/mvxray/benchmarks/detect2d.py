@@ -10,8 +10,8 @@ train, their ``test`` splits are scored — or every case of ``--test DIR``, an 
 ``--procs N`` trains each learned detector data-parallel on N processes (as ``torchrun`` does),
 the ``--threads`` split among them; each process trains on its own batch, so a step sees N times
 as many crops. ``--option NAME.KEY=VALUE`` (repeatable) changes one option of detector ``NAME``'s
-preset: a field of its config class (``heatmap.widths=[8,16,32,64,128]``) or of
-:class:`~mvxray.detectors2d.train.TrainConfig` (``heatmap.crops_per_view=4``).
+preset: a field of its config class (``heatmap.widths=[16,32,64,128,256]``) or of
+:class:`~mvxray.detectors2d.train.TrainConfig` (``heatmap.crops_per_view=1``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ BENCH_DETECTORS: dict[str, dict[str, Any]] = {
         "roi_sampling_ratio": 1,
     },
     # Half the shipped detector's widths: a step costs half, and within 29 minutes on 2 cores
-    # that learns more (made multi-view 0.76 against 0.62 on a slow CPU, 0.89 on a faster one).
+    # that learns more (made multi-view 0.76 against 0.62 on a slow CPU, 0.86-0.89 on a faster one).
     "heatmap": {"widths": (8, 16, 32, 64, 128)},
     "log_blob": {},
     "oracle": {},
@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="NAME.KEY=VALUE",
         help="change a trained detector's preset: a config field (heatmap.widths=[8,16,32]) or "
-        "a training option (heatmap.crops_per_view=4); JSON values; repeatable",
+        "a training option (yolo.crops_per_view=1); JSON values; repeatable",
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
