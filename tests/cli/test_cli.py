@@ -24,10 +24,10 @@ def test_help_lists_every_available_command(capsys: pytest.CaptureFixture[str]) 
         assert name in out
 
 
-_COMMANDS = sorted(next(a for a in build_parser()._actions if a.dest == "command").choices)
-_SCRIPTS = [f"mvxray.benchmarks.{m}" for m in ("detect2d", "geometry", "lift3d", "registration")]
-_SCRIPTS += ["mvxray.benchmarks.render", "mvxray.benchmarks.train_step"]
-_SCRIPTS += ["mvxray.detectors2d.train_demo"]
+#: Sub-command name -> its parser.
+_SUBPARSERS = next(a for a in build_parser()._actions if a.dest == "command").choices
+_BENCHMARKS = ("detect2d", "geometry", "lift3d", "registration", "render", "train_step")
+_SCRIPTS = [*(f"mvxray.benchmarks.{m}" for m in _BENCHMARKS), "mvxray.detectors2d.train_demo"]
 
 
 def _assert_defaults_once(main_fn, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,7 +41,7 @@ def _assert_defaults_once(main_fn, argv: list[str], capsys: pytest.CaptureFixtur
     assert not re.search(r"default:[^()]*\) \(default:", text), text
 
 
-@pytest.mark.parametrize("command", _COMMANDS)
+@pytest.mark.parametrize("command", sorted(_SUBPARSERS))  # type: ignore[arg-type]
 def test_command_help_states_each_default_once(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -49,10 +49,9 @@ def test_command_help_states_each_default_once(
 
 
 def test_every_command_option_has_help() -> None:
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
     missing = [
         f"{name} {a.option_strings[0]}"
-        for name, parser in sub.choices.items()  # type: ignore[union-attr]
+        for name, parser in _SUBPARSERS.items()  # type: ignore[union-attr]
         for a in parser._actions
         if a.option_strings and not a.help
     ]

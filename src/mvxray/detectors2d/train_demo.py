@@ -110,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(
             f"--detector: expected a trainable detector {sorted(BENCH_TRAINING)}, found {name!r}"
         )
-    config, recipe = DEMO_RECIPE.get(name, ({}, {}))
-    config = BENCH_DETECTORS[name] | config
+    demo_config, demo_training = DEMO_RECIPE.get(name, ({}, {}))
+    config = BENCH_DETECTORS[name] | demo_config
     if args.init is None:
         det = detectors2d.build(name, **config)
     else:
@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if det.name != name:
             raise ValueError(f"--init {args.init}: a {det.name} detector, not {name}")
     given = {"lr": args.lr, "blur_px": args.blur_px}
-    training = BENCH_TRAINING[name] | recipe | {k: v for k, v in given.items() if v is not None}
+    training = (
+        BENCH_TRAINING[name] | demo_training | {k: v for k, v in given.items() if v is not None}
+    )
     splits = [MultiViewDataset(d, "train") for d in data]
     train = [ds[i] for ds in splits for i in range(len(ds))]
     fit = det.fit(
