@@ -206,6 +206,24 @@ def test_detect_rescore_fits_saves_and_reloads_the_rescorer(two_case_dataset, tm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("detector", ["yolo", "faster_rcnn"])
+def test_train_2d_starts_from_the_detectors_preset(tiny_dataset, tmp_path, detector):
+    from mvxray.benchmarks.detect2d import BENCH_TRAINING
+
+    preset, out = BENCH_TRAINING[detector], tmp_path / "preset"
+    argv = ["train-2d", "--data", str(tiny_dataset), "--detector", detector, "--iters", "1"]
+    argv += ["--crop", "32", "--no-progress", "--option", "input_scale=1"]
+    if detector == "yolo":
+        argv += ["--option", "model=yolov8n.yaml"]
+    assert main([*argv, "--out", str(out)]) == 0
+    cfg = torch.load(out / "last.pt", weights_only=True)["config"]
+    for key in ("batch_size", "warmup_iters", "lr", "crops_per_view", "precision"):
+        assert cfg[key] == preset[key], key
+    assert main([*argv, "--batch", "2", "--warmup", "7", "--out", str(tmp_path / "given")]) == 0
+    cfg = torch.load(tmp_path / "given" / "last.pt", weights_only=True)["config"]
+    assert (cfg["batch_size"], cfg["warmup_iters"], cfg["crops_per_view"]) == (2, 7, 2)
+
+
 def test_train_2d_trains_on_two_processes(tiny_dataset, tmp_path):
     out = tmp_path / "m"
     argv = ["train-2d", "--data", str(tiny_dataset), "--detector", "heatmap", "--out", str(out)]

@@ -22,6 +22,17 @@ def _option(text: str) -> tuple[str, Any]:
     return key, value
 
 
+#: ``train-2d`` options that, when given, replace the benchmark preset's TrainConfig fields
+_TRAIN_OPTIONS = {
+    "lr": "lr",
+    "batch": "batch_size",
+    "warmup": "warmup_iters",
+    "crops_per_view": "crops_per_view",
+    "precision": "precision",
+    "blur_px": "blur_px",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-2d",
@@ -39,7 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget")
     p.add_argument("--size", type=int, default=None, help="resize views to this square size, px")
-    p.add_argument("--batch", type=int, default=8, help="images (views or crops) per step")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="images (views or crops) per step (default: the detector's benchmark value)",
+    )
     p.add_argument(
         "--crop",
         type=int,
@@ -73,7 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="largest augmentation blur sigma, px (default: TrainConfig.blur_px; more for "
         "blurrier imaging chains)",
     )
-    p.add_argument("--warmup", type=int, default=500, help="warm-up iterations")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up iterations (default: the detector's benchmark value)",
+    )
     p.add_argument("--train-split", default="train", help="split to train on")
     p.add_argument(
         "--val-split", default="val", help="split to report metrics on (skipped if absent)"
@@ -108,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from mvxray.benchmarks.detect2d import BENCH_DETECTORS, BENCH_TRAINING, evaluate_detector
     from mvxray.datasets.format import read_dataset
     from mvxray.datasets.torchdata import MultiViewDataset
+    from mvxray.detectors2d.train import TrainConfig
     from mvxray.io import atomic_write_text
 
     if args.detector not in detectors2d.DETECTORS:
@@ -128,25 +150,22 @@ def run(args: argparse.Namespace) -> int:
         options["input_size"] = args.size
     det = detectors2d.build(args.detector, **options)
     if hasattr(det, "training_loss"):  # the torch detectors share one training loop
-        tr = dict(BENCH_TRAINING.get(args.detector, {}))
+        tr = dict(BENCH_TRAINING.get(args.detector, {}))  # given options replace the preset's
         tr.update(
             epochs=args.epochs,
             max_iters=args.iters,
             max_minutes=args.minutes,
-            batch_size=args.batch,
             crop_px=args.crop or None,
-            warmup_iters=args.warmup,
             seed=args.seed,
             device=args.device,
             progress=not args.no_progress,
         )
-        for key in ("lr", "crops_per_view", "precision", "blur_px"):
-            if getattr(args, key) is not None:
-                tr[key] = getattr(args, key)
-        if args.crops_per_view is None:  # the preset's, fitted to --batch and --crop
-            tr["crops_per_view"] = (
-                math.gcd(args.batch, tr.get("crops_per_view", 1)) if args.crop else 1
-            )
+        for arg, key in _TRAIN_OPTIONS.items():
+            if getattr(args, arg) is not None:
+                tr[key] = getattr(args, arg)
+        if args.crops_per_view is None:  # the preset's, fitted to the batch and --crop
+            batch = tr.get("batch_size", TrainConfig.batch_size)
+            tr["crops_per_view"] = math.gcd(batch, tr.get("crops_per_view", 1)) if args.crop else 1
         fit = det.fit(train, out=args.out, resume=args.resume, **tr)
     else:
         fit = det.fit(train)
