@@ -205,7 +205,6 @@ def test_detect_rescore_fits_saves_and_reloads_the_rescorer(two_case_dataset, tm
     assert "no dataset.json" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("detector", ["yolo", "faster_rcnn"])
 def test_train_2d_starts_from_the_detectors_preset(tiny_dataset, tmp_path, detector):
     from mvxray.benchmarks.detect2d import BENCH_TRAINING
@@ -224,6 +223,7 @@ def test_train_2d_starts_from_the_detectors_preset(tiny_dataset, tmp_path, detec
     assert (cfg["batch_size"], cfg["warmup_iters"], cfg["crops_per_view"]) == (2, 7, 2)
 
 
+@pytest.mark.slow
 def test_train_2d_trains_on_two_processes(tiny_dataset, tmp_path):
     out = tmp_path / "m"
     argv = ["train-2d", "--data", str(tiny_dataset), "--detector", "heatmap", "--out", str(out)]
