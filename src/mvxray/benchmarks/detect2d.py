@@ -63,7 +63,7 @@ BENCH_DETECTORS: dict[str, dict[str, Any]] = {
 #: shipped detector's own recipe is ``train_demo.DEMO_RECIPE``.
 _CHEAP_STEP = {"crops_per_view": 4, "precision": "auto"}
 BENCH_TRAINING: dict[str, dict[str, Any]] = {
-    # 16 crops per step instead of 8: fewer but better steps; two runs of 29 min on 2 cores made
+    # 16 crops per step instead of 8: fewer but better steps; three runs of 29 min on 2 cores made
     # multi-view 0.80-0.82 against 0.76 (and 32 crops 0.75; docs/detector-benchmarks.md).
     "yolo": {"batch_size": 16, "crop_px": 128, "lr": 2e-3, "warmup_iters": 100, **_CHEAP_STEP},
     "heatmap": {"batch_size": 8, "crop_px": 128, "lr": 2e-3, "warmup_iters": 100, **_CHEAP_STEP},
