@@ -142,7 +142,7 @@ def test_torchrun_two_processes_train_in_lock_step(tmp_path: Path) -> None:
 
 LIFTER_SCRIPT = textwrap.dedent(
     """
-    import json, sys, torch
+    import atexit, json, sys, torch
     from mvxray.datasets.torchdata import MultiViewDataset
     from mvxray.distributed import init_from_env
     from mvxray.lifting.mv2d import MV2DLifter
@@ -162,8 +162,11 @@ LIFTER_SCRIPT = textwrap.dedent(
                            augment=False, max_template_angle_deg=180.0))
     info = init_from_env("cpu")
     flat = lambda m: torch.cat([p.detach().reshape(-1).double() for p in m.parameters()])
+    joined = torch.distributed.is_initialized()
+    atexit._run_exitfuncs()  # what exit runs first: the group must be gone before teardown
     json.dump({"mv2d": flat(mv2d.model)[:16].tolist(), "rayemb": flat(model)[:16].tolist(),
-               "rank": info.rank}, open(f"{out}/lifters{info.rank}.json", "w"))
+               "rank": info.rank, "joined": joined, "left": not torch.distributed.is_initialized()},
+              open(f"{out}/lifters{info.rank}.json", "w"))
     """
 )
 
@@ -181,6 +184,9 @@ def test_torchrun_lifters_stay_in_lock_step(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"lifters{r}.json").read_text()) for r in (0, 1))
     assert (r0["rank"], r1["rank"]) == (0, 1)
+    # The loops joined the group themselves and leave it at exit, while Python is alive (a
+    # group left to the interpreter's teardown can abort the process).
+    assert [(r["joined"], r["left"]) for r in (r0, r1)] == [(True, True)] * 2
     # MV2D (DistributedDataParallel) and RayEmb (averaged gradients): same weights on both
     # processes although each drew different cases / queries.
     assert r0["mv2d"] == pytest.approx(r1["mv2d"], rel=1e-6, abs=1e-9)

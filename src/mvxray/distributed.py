@@ -7,6 +7,7 @@ Every training loop (2D detectors, MV2D, RayEmb) calls :func:`init_from_env` onc
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from collections.abc import Callable
@@ -68,7 +69,18 @@ def init_from_env(device: str | torch.device | None = None) -> DistInfo:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend)
+        # A process that exits with the group alive can abort ("terminate called without an
+        # active exception"): gloo's worker threads free their tensors while the interpreter
+        # is torn down (pytorch/pytorch#190489). Leave it while Python is still alive, so a
+        # user's script that only calls ``fit`` under torchrun exits cleanly.
+        atexit.register(_leave_group)
     return DistInfo(rank, world, local, dev)
+
+
+def _leave_group() -> None:
+    """Destroy the default process group if it still exists (a no-op after :func:`shutdown`)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
@@ -151,8 +163,8 @@ def barrier(info: DistInfo) -> None:
 
 def shutdown(info: DistInfo) -> None:
     """Leave the process group."""
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    if info.enabled:
+        _leave_group()
 
 
 def spawn(fn: Callable[..., None], processes: int, *args: Any) -> None:
@@ -189,5 +201,4 @@ def _spawned(
     try:
         fn(*args)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _leave_group()
