@@ -30,6 +30,11 @@ from mvxray.geometry import project_boxes3d
 
 #: Lifters that :meth:`MultiViewDetector.fit_lifter` fits on the base detector's output.
 _TRAINABLE = frozenset({"voting_fpr"})
+#: How the default lifters size their boxes: each extent fitted to the supporting 2D boxes, with
+#: a weak prior toward equal sides (chosen on validation cases, docs/detectors.md: at 1 FP/image
+#: YOLO made multi-view on chest 0.830 -> 0.845, true boxes jittered on chest 0.970 -> 0.983 and
+#: on castings 0.378 -> 0.414 with the cracks' 3D IoU kept; a weight of 2 costs the cracks).
+BOX_FIT: dict[str, Any] = {"fit_box": True, "fit_box_iso": 1.0}
 
 
 def rescoring_lifter(**overrides: Any) -> Any:
@@ -45,9 +50,7 @@ def rescoring_lifter(**overrides: Any) -> Any:
     """
     from mvxray.lifting import build
 
-    return build(
-        "voting_fpr", **{"fit_box": True, "patch_px": 32, "weight_decay": 1e-2, **overrides}
-    )
+    return build("voting_fpr", **{**BOX_FIT, "patch_px": 32, "weight_decay": 1e-2, **overrides})
 
 
 class MultiViewDetector:
@@ -55,11 +58,11 @@ class MultiViewDetector:
 
     Args:
         base: a :class:`~mvxray.detectors2d.base.Detector2D`.
-        lifter: a :class:`~mvxray.lifting.base.Lifter` (default ``voting`` with ``fit_box``: each
-            box's extent fitted to its supporting 2D boxes, so its projections have their size;
-            a cube of their median back-projected size came out ~1.2× too large, and on 5–13 px
-            boxes 0.11 of the found indications' view-boxes fell below IoU 0.5 with the cube,
-            0.06 with the fit — 12 validation chest cases).
+        lifter: a :class:`~mvxray.lifting.base.Lifter` (default ``voting`` with :data:`BOX_FIT`:
+            each box's extent fitted to its supporting 2D boxes, so its projections have their
+            size; a cube of their median back-projected size came out ~1.2× too large, and on
+            5–13 px boxes 0.11 of the found indications' view-boxes fell below IoU 0.5 with the
+            cube, 0.06 with the fit — 12 validation chest cases).
         base_score_thresh: ``base`` runs with its score threshold lowered to this (never
             raised) and at least ``base_max_boxes`` boxes per view: the vote needs the weak boxes
             a single view would discard (YOLO made multi-view: recall 0.36 → 0.48 at 1 FP/image
@@ -83,7 +86,7 @@ class MultiViewDetector:
         if lifter is None:
             from mvxray.lifting import build
 
-            lifter = build("voting", fit_box=True)
+            lifter = build("voting", **BOX_FIT)
         self.name = f"{getattr(base, 'name', type(base).__name__)}+multiview"
         self.base, self.lifter = base, lifter
         self.base_score_thresh, self.base_max_boxes = base_score_thresh, base_max_boxes

@@ -62,6 +62,8 @@ class VotingConfig:
             dropped — with no evidence anywhere, nothing is returned.
         fit_box: fit each box's extent to its supporting 2D boxes (else a cube of their median
             back-projected size; the centre is the vote's in both cases).
+        fit_box_iso: with ``fit_box``, the weight of the fit's prior toward equal sides
+            (:func:`~mvxray.lifting.boxfit.fit_box3d`'s ``iso_weight``; 0: none).
         chunk: voxels projected per batch (bounds memory).
     """
 
@@ -78,6 +80,7 @@ class VotingConfig:
     default_size_mm: float = 10.0
     min_score: float = 1e-3
     fit_box: bool = False
+    fit_box_iso: float = 0.0
     chunk: int = 1 << 20
 
     def __post_init__(self) -> None:
@@ -85,6 +88,8 @@ class VotingConfig:
             raise ValueError(
                 f"VotingConfig: step_mm and eps must be > 0, found {self.step_mm}, {self.eps}"
             )
+        if self.fit_box_iso < 0:
+            raise ValueError(f"fit_box_iso: expected >= 0, found {self.fit_box_iso}")
         if not 0.0 <= self.min_view_frac <= 1.0:
             raise ValueError(f"min_view_frac: expected in [0, 1], found {self.min_view_frac}")
         if self.region_mm is not None and len(self.region_mm) != 6:
@@ -353,6 +358,7 @@ class VotingLifter:
             point,
             size,
             weights=table.scores[r],
+            iso_weight=cfg.fit_box_iso,
         )
         # The centre comes from the dense vote (all views, no threshold), the extent from the
         # supporting 2D boxes: a wrong supporting box must not move the indication.
