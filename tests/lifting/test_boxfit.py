@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvxray.geometry import Rig, box3d_from_center_size, project_boxes3d
+from mvxray.geometry import Rig, box3d_center_size, box3d_from_center_size, project_boxes3d
 from mvxray.lifting.boxfit import fit_box3d
 from mvxray.lifting.voting import VotingConfig
 
@@ -13,9 +13,12 @@ CENTRE = torch.tensor([5.0, -3.0, 2.0], dtype=torch.float64)
 
 
 def _projected(rig: Rig, size: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    truth = box3d_from_center_size(CENTRE[None], torch.tensor([size], dtype=torch.float64))
-    b2d, _ = project_boxes3d(truth, rig.K, rig.T_cam_from_ct, rig.height, rig.width)
-    return truth[0], b2d[:, 0]
+    """The true sides ``(3,)`` mm and the box's 2D boxes ``(V, 4)`` px."""
+    sides = torch.tensor([size], dtype=torch.float64)
+    b2d, _ = project_boxes3d(
+        box3d_from_center_size(CENTRE[None], sides), rig.K, rig.T_cam_from_ct, rig.height, rig.width
+    )
+    return sides[0], b2d[:, 0]
 
 
 def _fit(rig: Rig, boxes: torch.Tensor, init_mm: float, **kw: object) -> torch.Tensor:
@@ -23,7 +26,7 @@ def _fit(rig: Rig, boxes: torch.Tensor, init_mm: float, **kw: object) -> torch.T
         boxes, rig.K, rig.T_cam_from_ct, rig.height, rig.width, CENTRE, torch.full((3,), init_mm),
         **kw,
     )  # fmt: skip
-    return box[3:] - box[:3]
+    return box3d_center_size(box[None])[1][0]
 
 
 @pytest.mark.parametrize("size", [[4.0, 4.0, 16.0], [12.0, 3.0, 3.0]])
@@ -32,7 +35,7 @@ def test_the_prior_keeps_an_elongated_box_that_its_2d_boxes_show(size: list[floa
     rig = Rig.circular(10, 300.0, 600.0, 128, 128, 2.0)
     truth, b2d = _projected(rig, size)
     sides = _fit(rig, b2d, 6.0, iso_weight=1.0)
-    assert (sides - (truth[3:] - truth[:3])).abs().max() < 0.5
+    assert (sides - truth).abs().max() < 0.5
     assert float(sides.max() / sides.min()) > 3.0
     strong = _fit(rig, b2d, 6.0, iso_weight=20.0)  # a prior that dominates makes it cube-like
     assert float(strong.max() / strong.min()) < float(sides.max() / sides.min()) - 0.5
@@ -51,7 +54,7 @@ def test_the_prior_steadies_sizes_fitted_to_noisy_weak_boxes(views: int, ratio: 
         w = 0.05 + 0.5 * torch.rand(views, generator=g, dtype=torch.float64)
         for iso, errs in errors.items():
             sides = _fit(rig, noisy, 5.0, weights=w, iso_weight=iso)
-            errs.append(float((sides.log() - (truth[3:] - truth[:3]).log()).abs().max()))
+            errs.append(float((sides.log() - truth.log()).abs().max()))
     free, prior = (torch.tensor(errors[k]).mean() for k in (0.0, 1.0))
     assert prior < ratio * free, (float(prior), float(free))
 
