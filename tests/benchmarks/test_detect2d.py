@@ -62,6 +62,33 @@ def test_detect2d_trains_on_two_processes(
     assert row["n_images"] == 5 and row["n_gt"] == 10
 
 
+def test_detect2d_trains_for_a_number_of_steps(
+    two_case_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--data", str(two_case_dataset), "--detectors", "heatmap", "--iters", "3"]
+    argv += ["--option", "heatmap.widths=[8,16]", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--no-progress", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    doc = json.loads(lines[-1])
+    assert doc["iters"] == 3 and doc["minutes"] is None
+    # No time limit: exactly the steps asked for, however long they take.
+    (row,) = [json.loads(x.removeprefix("heatmap: ")) for x in lines if x.startswith("heatmap: ")]
+    assert row["fit"]["iterations"] == 3
+    assert row["n_images"] == 5 and row["n_gt"] == 10
+
+
+def test_detect2d_takes_one_budget(
+    two_case_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--data", str(two_case_dataset), "--detectors", "oracle"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--iters", "100", "--minutes", "5"])
+    assert "argument --minutes: not allowed with argument --iters" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--iters", "0"])
+    assert "--iters must be >= 1, found 0" in capsys.readouterr().err
+
+
 def test_options_go_to_the_config_or_the_training_by_field() -> None:
     got = split_options({"heatmap.widths": [8, 16], "heatmap.lr": 1e-3, "yolo.model": "x.yaml"})
     assert got == {

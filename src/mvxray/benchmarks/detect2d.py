@@ -1,7 +1,8 @@
 """2D detection quality benchmark: ``python -m mvxray.benchmarks.detect2d``.
 
 On the embedded ``chest`` phantom (256 px, the seed's 10-view rig, nodules 6–20 mm), train each
-detector within a wall-time budget on the train cases, then report on held-out cases: 2D AP@0.5
+detector within a wall-time budget (``--minutes``) or a number of optimizer steps (``--iters``,
+the same training on every CPU) on the train cases, then report on held-out cases: 2D AP@0.5
 and recall at 0.5 / 1 / 2 / 4 false positives per image (FROC points), training and inference
 time. Prints a table and, last, one JSON line.
 
@@ -213,18 +214,18 @@ def _train(
     name: str,
     train: list[Any],
     out: Path,
-    minutes: float,
+    budget: dict[str, Any],
     seed: int,
     progress: bool,
     options: tuple[dict[str, Any], dict[str, Any]],
 ) -> tuple[Any, dict[str, float]]:
-    """Train the benchmark's ``name`` detector on ``train`` within ``minutes``: (detector, fit);
-    ``options``: (config, training) options replacing the preset's."""
+    """Train the benchmark's ``name`` detector on ``train`` within ``budget`` (:func:`_budget`):
+    (detector, fit); ``options``: (config, training) options replacing the preset's."""
     from mvxray import detectors2d
 
     det = detectors2d.build(name, **(BENCH_DETECTORS[name] | options[0]))
-    budget = {"max_minutes": minutes, "max_iters": 10**9, "seed": seed, "progress": progress}
-    fit = det.fit(train, out=out / name, **(budget | BENCH_TRAINING[name] | options[1]))
+    settings = budget | {"seed": seed, "progress": progress}
+    fit = det.fit(train, out=out / name, **(settings | BENCH_TRAINING[name] | options[1]))
     return det, fit
 
 
@@ -232,7 +233,7 @@ def _train_process(
     name: str,
     datasets: list[Path],
     out: Path,
-    minutes: float,
+    budget: dict[str, Any],
     seed: int,
     progress: bool,
     threads: int,
@@ -245,15 +246,23 @@ def _train_process(
 
     torch.set_num_threads(threads)
     train = [s for d in datasets for s in MultiViewDataset(d, "train")]
-    _, fit = _train(name, train, out, minutes, seed, progress, options)
+    _, fit = _train(name, train, out, budget, seed, progress, options)
     if init_from_env().is_main:
         atomic_write_text(out / name / "fit.json", json.dumps(fit))
+
+
+def _budget(minutes: float | None, iters: int | None) -> dict[str, Any]:
+    """TrainConfig's budget: stop at whichever of ``minutes`` and ``iters`` (None: unbounded)
+    runs out first; the cosine anneals over that one."""
+    if minutes is None and iters is None:
+        raise ValueError("a training budget: expected minutes or iters, found neither")
+    return {"max_minutes": minutes, "max_iters": 10**9 if iters is None else iters}
 
 
 def run(
     detectors: Sequence[str],
     data: Path | Sequence[Path],
-    minutes: float,
+    minutes: float | None,
     out: Path,
     seed: int = 0,
     progress: bool = True,
@@ -262,8 +271,10 @@ def run(
     rescore: bool = False,
     processes: int = 1,
     options: dict[str, Any] | None = None,
+    iters: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Train (within ``minutes`` each) and evaluate ``detectors``; rows of results.
+    """Train (within ``minutes`` or ``iters`` optimizer steps each, whichever runs out first;
+    None: that one unbounded) and evaluate ``detectors``; rows of results.
 
     The ``train`` splits of ``data`` (one dataset or several) train; the ``test`` splits are
     scored, or every case of ``test`` when given. ``demo`` is the shipped detector (not trained
@@ -281,6 +292,7 @@ def run(
 
     datasets = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     per_detector = split_options(options or {})
+    budget = _budget(minutes, iters)
 
     # Loaded on first use: a data-parallel run's processes load their own copy.
     @functools.cache
@@ -299,12 +311,12 @@ def run(
             det, fit = detectors2d.load_demo_detector(), {}
         elif name in BENCH_TRAINING and processes > 1:
             threads = max(1, torch.get_num_threads() // processes)
-            args = (name, datasets, out, minutes, seed, progress, threads, opts)
+            args = (name, datasets, out, budget, seed, progress, threads, opts)
             distributed.spawn(_train_process, processes, *args)
             det = detectors2d.load(out / name / "model.pt")
             fit = json.loads((out / name / "fit.json").read_text())
         elif name in BENCH_TRAINING:
-            det, fit = _train(name, train_list(), out, minutes, seed, progress, opts)
+            det, fit = _train(name, train_list(), out, budget, seed, progress, opts)
         else:
             det = detectors2d.build(name, **BENCH_DETECTORS.get(name, {}))
             fit = det.fit(train_list())
@@ -367,7 +379,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also score each made multi-view with its vote re-scored by a classifier fitted "
         "on the train split (voting_fpr)",
     )
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per detector")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--minutes", type=float, help="wall-time training budget per detector (default: 30)"
+    )
+    budget.add_argument(
+        "--iters",
+        type=int,
+        help="training budget per detector in optimizer steps instead: the same training on "
+        "every CPU",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
         "--procs",
@@ -390,6 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.procs < 1:
         parser.error(f"--procs must be >= 1, found {args.procs}")
+    if args.iters is not None and args.iters < 1:
+        parser.error(f"--iters must be >= 1, found {args.iters}")
+    if args.iters is None and args.minutes is None:
+        args.minutes = 30.0
     try:
         options = parse_options(args.option)
         split_options(options)
@@ -413,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rescore,
         args.procs,
         options,
+        args.iters,
     )
     print(_table(rows))
     summary = {
@@ -420,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data": [str(d) for d in data],
         "test": str(args.test) if args.test else "test splits",
         "minutes": args.minutes,
+        "iters": args.iters,
         "threads": args.threads,
         "procs": args.procs,
         "options": options,
