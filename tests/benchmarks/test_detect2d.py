@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mvxray import detectors2d
-from mvxray.benchmarks.detect2d import main, split_options
+from mvxray.benchmarks.detect2d import main, run, split_options
 
 
 def test_detect2d_script_scores_plain_multiview_and_rescored_rows(
@@ -78,8 +78,10 @@ def test_detect2d_trains_for_a_number_of_steps(
 
 
 def test_detect2d_takes_one_budget(
-    two_case_dataset: Path, capsys: pytest.CaptureFixture[str]
+    two_case_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    with pytest.raises(ValueError, match="expected minutes or iters, found neither"):
+        run(["oracle"], two_case_dataset, None, tmp_path)
     argv = ["--data", str(two_case_dataset), "--detectors", "oracle"]
     with pytest.raises(SystemExit):
         main([*argv, "--iters", "100", "--minutes", "5"])
