@@ -1,10 +1,10 @@
 """2D detection quality benchmark: ``python -m mvxray.benchmarks.detect2d``.
 
 On the embedded ``chest`` phantom (256 px, the seed's 10-view rig, nodules 6–20 mm), train each
-detector within a wall-time budget (``--minutes``) or a number of optimizer steps (``--iters``,
-the same training on every CPU) on the train cases, then report on held-out cases: 2D AP@0.5
-and recall at 0.5 / 1 / 2 / 4 false positives per image (FROC points), training and inference
-time. Prints a table and, last, one JSON line.
+detector within a wall-time budget (``--minutes``) or a number of optimizer steps (``--iters``:
+as many on every CPU) on the train cases, then report on held-out cases: 2D AP@0.5 and recall at
+0.5 / 1 / 2 / 4 false positives per image (FROC points), training and inference time. Prints a
+table and, last, one JSON line.
 
 ``--data DIR [DIR ...]`` runs on datasets in mvxray's format instead: the ``train`` splits of all
 train, their ``test`` splits are scored — or every case of ``--test DIR``, an independent set.
@@ -386,8 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget.add_argument(
         "--iters",
         type=int,
-        help="training budget per detector in optimizer steps instead: the same training on "
-        "every CPU",
+        help="training budget per detector in optimizer steps instead: as many on every CPU",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
